@@ -1,0 +1,147 @@
+/**
+ * The Prism client's public surface: what the backup engine and the controllers rely on. It hides whether a
+ * call went to v4 (preferred) or v3; implementations live beside this file.
+ */
+import type { Region } from '../mover/types.ts';
+
+export const ApiGeneration = { V3: 'v3', V4: 'v4' } as const;
+export type ApiGeneration = (typeof ApiGeneration)[keyof typeof ApiGeneration];
+
+export const Consistency = { Application: 'APPLICATION_CONSISTENT', Crash: 'CRASH_CONSISTENT' } as const;
+export type Consistency = (typeof Consistency)[keyof typeof Consistency];
+
+export interface PrismConnection {
+  /** https://host:9440 */
+  endpoint: string;
+  username: string;
+  password: string;
+  /** PEM bundle trusted in addition to (not instead of) nothing: when set, only these CAs are trusted. */
+  caPem?: string;
+  insecureSkipTlsVerify?: boolean;
+}
+
+export interface ClusterInfo {
+  uuid: string;
+  name: string;
+  isPrismCentral: boolean;
+  /** NOS (AOS) version, or the PC version for the Prism Central entry. */
+  version?: string;
+  /** iSCSI data services IP (port 3260) for volume-group exports. */
+  dataServicesIp?: string;
+}
+
+export interface PrismCapabilities {
+  pcVersion?: string;
+  apiGenerations: ApiGeneration[];
+  /** The generation the client uses for everything it can. */
+  preferred: ApiGeneration;
+  changedRegionTracking: boolean;
+  clusters: ClusterInfo[];
+}
+
+export interface NgtStatus {
+  installed: boolean;
+  enabled: boolean;
+  reachable: boolean;
+  vssSnapshotCapable: boolean;
+  version?: string;
+}
+
+export interface VmDisk {
+  uuid: string;
+  /** Position among the VM's real disks (CD-ROMs and volume-group attachments excluded), stable by bus + index. */
+  index: number;
+  busType: string;
+  deviceIndex: number;
+  sizeBytes: number;
+  container?: { uuid?: string; name?: string };
+}
+
+export interface VmNic {
+  uuid?: string;
+  macAddress?: string;
+  subnet?: { uuid?: string; name?: string };
+  ipAddresses: string[];
+}
+
+export interface Vm {
+  uuid: string;
+  name: string;
+  cluster: { uuid: string; name?: string };
+  powerState: string;
+  numSockets?: number;
+  numVcpusPerSocket?: number;
+  memorySizeMib?: number;
+  ngt: NgtStatus;
+  categories: Record<string, string>;
+  disks: VmDisk[];
+  nics: VmNic[];
+}
+
+export interface DiskRecoveryPoint {
+  diskUuid: string;
+  /** v4 disk recovery point extId. */
+  diskRecoveryPointId?: string;
+  /** v3 snapshot file (`status.snapshot_file_list[].snapshot_file_path`). */
+  snapshotFilePath?: string;
+}
+
+export interface RecoveryPoint {
+  /** v4 recovery point extId, or v3 vm_snapshot uuid. */
+  id: string;
+  generation: ApiGeneration;
+  name: string;
+  vmUuid: string;
+  /** v4 VM recovery point extId. */
+  vmRecoveryPointId?: string;
+  /** The consistency Nutanix actually produced (read back, never assumed). */
+  consistency: Consistency;
+  createdAt?: string;
+  disks: DiskRecoveryPoint[];
+}
+
+export type DiskExport =
+  | { kind: 'iscsi'; url: string; release(signal?: AbortSignal): Promise<void> }
+  | { kind: 'file'; path: string; release(signal?: AbortSignal): Promise<void> };
+
+export interface ChangedRegionsRequest {
+  recoveryPoint: RecoveryPoint;
+  disk: DiskRecoveryPoint;
+  /** Absent: all allocated regions of the disk (a full backup's plan). */
+  reference?: { recoveryPoint: RecoveryPoint; disk: DiskRecoveryPoint };
+  offset?: number;
+  length?: number;
+  blockSize?: number;
+  signal?: AbortSignal;
+}
+
+export interface PrismClient {
+  capabilities(signal?: AbortSignal): Promise<PrismCapabilities>;
+  listVms(options?: { filter?: string; signal?: AbortSignal }): Promise<Vm[]>;
+  getVm(uuid: string, signal?: AbortSignal): Promise<Vm>;
+  /** By UUID or exact name; an ambiguous name is an InvalidInput error listing the UUIDs. */
+  findVm(nameOrUuid: string, signal?: AbortSignal): Promise<Vm>;
+  createRecoveryPoint(request: {
+    vm: Vm;
+    name: string;
+    consistency: Consistency;
+    /** Idempotency key: the same key never creates two recovery points. */
+    requestId: string;
+    expiresAt?: Date;
+    signal?: AbortSignal;
+  }): Promise<RecoveryPoint>;
+  getRecoveryPoint(id: string, signal?: AbortSignal): Promise<RecoveryPoint | undefined>;
+  listRecoveryPoints(options: { vmUuid: string; signal?: AbortSignal }): Promise<RecoveryPoint[]>;
+  /** Idempotent: a recovery point that is already gone counts as deleted. */
+  deleteRecoveryPoint(id: string, signal?: AbortSignal): Promise<void>;
+  /** Pages to the end; regions come in ascending offset order. */
+  changedRegions(request: ChangedRegionsRequest): AsyncIterable<Region>;
+  /** Makes a disk recovery point readable: an iSCSI LUN through a volume group (v4) or the snapshot file (v3). */
+  exportDisk(request: {
+    recoveryPoint: RecoveryPoint;
+    disk: DiskRecoveryPoint;
+    initiatorName: string;
+    signal?: AbortSignal;
+  }): Promise<DiskExport>;
+  close(): Promise<void>;
+}
