@@ -1,0 +1,91 @@
+/**
+ * File-system steps that must survive a crash: data reaches the disk (fsync) before a rename makes it visible,
+ * and ENOSPC surfaces as a NoSpace error that tells the user what to do.
+ */
+import { open, readdir, rename, rm, statfs } from 'node:fs/promises';
+import { join } from 'node:path';
+import { AppError, ErrorCode, isAppError } from '../lib/errors.ts';
+
+export const noSpaceHint = 'free space on the repository filesystem or lower the retention (keep fewer restore points)';
+
+/** Translates a Node fs error into an AppError naming the path; ENOSPC/EDQUOT become NoSpace. */
+export function fsError(err: unknown, action: string, path: string): AppError {
+  if (isAppError(err)) return err;
+  const code = (err as NodeJS.ErrnoException | undefined)?.code;
+  const detail = err instanceof Error ? err.message : String(err);
+  if (code === 'ENOSPC' || code === 'EDQUOT') {
+    return new AppError(ErrorCode.NoSpace, `${action} ${path}: no space left on device`, { cause: err, hint: noSpaceHint });
+  }
+  if (code === 'EACCES' || code === 'EPERM' || code === 'EROFS') {
+    return new AppError(ErrorCode.Repository, `${action} ${path}: ${detail}`, {
+      cause: err,
+      hint: 'the repository directory must be writable by this process (check --repo, its mount and permissions)',
+    });
+  }
+  return new AppError(ErrorCode.Repository, `${action} ${path}: ${detail}`, { cause: err });
+}
+
+export async function fsyncPath(path: string): Promise<void> {
+  let handle;
+  try {
+    handle = await open(path, 'r');
+    await handle.sync();
+  } catch (err) {
+    throw fsError(err, 'fsync', path);
+  } finally {
+    await handle?.close();
+  }
+}
+
+/** Writes a whole file and fsyncs it; not atomic by itself (callers write into a staging dir or use writeFileAtomic). */
+export async function writeFileDurable(path: string, data: string | Uint8Array, flag = 'w'): Promise<void> {
+  let handle;
+  try {
+    handle = await open(path, flag, 0o644);
+    await handle.writeFile(data);
+    await handle.sync();
+  } catch (err) {
+    throw fsError(err, 'write', path);
+  } finally {
+    await handle?.close();
+  }
+}
+
+/** Replaces `path` in one step: readers see the old or the new content, never a torn one. */
+export async function writeFileAtomic(dir: string, name: string, data: string): Promise<void> {
+  const temp = join(dir, `.${name}.tmp-${process.pid}`);
+  await writeFileDurable(temp, data);
+  try {
+    await rename(temp, join(dir, name));
+  } catch (err) {
+    await rm(temp, { force: true });
+    throw fsError(err, 'rename', join(dir, name));
+  }
+  await fsyncPath(dir);
+}
+
+/** fsyncs every regular file and folder below `dir`, then `dir` itself. */
+export async function fsyncTree(dir: string): Promise<void> {
+  let entries;
+  try {
+    entries = await readdir(dir, { withFileTypes: true });
+  } catch (err) {
+    throw fsError(err, 'list', dir);
+  }
+  for (const entry of entries) {
+    const path = join(dir, entry.name);
+    if (entry.isDirectory()) await fsyncTree(path);
+    else if (entry.isFile()) await fsyncPath(path);
+  }
+  await fsyncPath(dir);
+}
+
+/** Bytes an unprivileged writer can still use on the filesystem holding `path`. */
+export async function freeBytes(path: string): Promise<number> {
+  try {
+    const stats = await statfs(path);
+    return stats.bavail * stats.bsize;
+  } catch (err) {
+    throw fsError(err, 'statfs', path);
+  }
+}

@@ -1,0 +1,377 @@
+/**
+ * Write side: a restore point is built in `<vm>/.staging-<point-id>/` (a sibling of the final folder, so the
+ * relative backing paths resolve in both places) and becomes visible by one rename. Its `journal.json` is
+ * written before anything is created on Nutanix and lists what this attempt still owns there, so a run that
+ * follows a SIGKILL can delete it (see recoverLeftovers).
+ */
+import { access, mkdir, readFile, readdir, rename, rm } from 'node:fs/promises';
+import { hostname } from 'node:os';
+import { join } from 'node:path';
+import type { BlockChecksum, DiskCopyStats } from '../mover/types.ts';
+import { AppError, ErrorCode, throwIfAborted } from '../lib/errors.ts';
+import { writeChecksumsFile, type ByteRange } from './checksums.ts';
+import { fsError, fsyncPath, fsyncTree, writeFileAtomic } from './durable-fs.ts';
+import {
+  diskChecksumsName,
+  diskImageName,
+  journalFileName,
+  manifestFileName,
+  newPointId,
+  pointDir,
+  relativeBackingFile,
+  stagingDir,
+  stagingPrefix,
+  trashPrefix,
+  vmDir,
+  type VmRef,
+} from './layout.ts';
+import { acquireVmLock, type HeldLock } from './lock.ts';
+import {
+  JournalSchema,
+  ManifestSchema,
+  journalApiVersion,
+  manifestApiVersion,
+  type Journal,
+  type JournalResource,
+  type Manifest,
+  type ManifestDisk,
+  type RecoveryPointRef,
+  type VmConfig,
+} from './manifest.ts';
+import { createQcow2, imageInfoChain } from './qemu-img.ts';
+import { readManifest, type RestorePoint } from './points.ts';
+
+export interface StagedDisk {
+  index: number;
+  uuid: string;
+  logicalSizeBytes: number;
+  stats: DiskCopyStats;
+  checksums: BlockChecksum[];
+  /** Ranges recorded as zeros without transfer (the plan's ZEROED regions). */
+  zeroRanges: ByteRange[];
+}
+
+export interface CommitRequest {
+  type: Manifest['type'];
+  /** Why full or incremental, e.g. "first backup" or "base recovery point gone → full". */
+  typeReason: string;
+  vm: VmConfig;
+  consistency: Manifest['consistency'];
+  recoveryPoint: RecoveryPointRef;
+  signal?: AbortSignal;
+}
+
+async function exists(path: string): Promise<boolean> {
+  try {
+    await access(path);
+    return true;
+  } catch {
+    return false;
+  }
+}
+
+export class StagedPoint {
+  readonly vm: VmRef;
+  readonly pointId: string;
+  readonly parentPointId: string | null;
+  readonly dir: string;
+  readonly createdAt: Date;
+  #journal: Journal;
+  #lock: HeldLock;
+  #disks = new Map<number, ManifestDisk>();
+  #finished = false;
+
+  constructor(vm: VmRef, pointId: string, parentPointId: string | null, createdAt: Date, journal: Journal, lock: HeldLock) {
+    this.vm = vm;
+    this.pointId = pointId;
+    this.parentPointId = parentPointId;
+    this.dir = stagingDir(vm, pointId);
+    this.createdAt = createdAt;
+    this.#journal = journal;
+    this.#lock = lock;
+  }
+
+  get journal(): Journal {
+    return structuredClone(this.#journal);
+  }
+
+  /** Where the mover writes disk `index` (inside the staging folder). */
+  imagePath(index: number): string {
+    return join(this.dir, diskImageName(index));
+  }
+
+  /** The backing file an incremental overlay of disk `index` must name, relative to its folder. */
+  backingFileFor(index: number): string {
+    if (this.parentPointId === null) {
+      throw new AppError(ErrorCode.Internal, `point ${this.pointId} has no parent; disk ${index} cannot be an overlay`, {
+        hint: 'begin the point with parentPointId to write an incremental',
+      });
+    }
+    return relativeBackingFile(this.parentPointId, index);
+  }
+
+  /**
+   * Creates the empty image of disk `index`: standalone, or with `overlay` an overlay over the parent's image of
+   * the same disk (which must exist and have the same size, else the engine must fall back to full).
+   */
+  async createDiskImage(index: number, sizeBytes: number, options: { overlay: boolean; signal?: AbortSignal }): Promise<string> {
+    const path = this.imagePath(index);
+    if (!options.overlay) {
+      await createQcow2(path, sizeBytes, { signal: options.signal });
+      return path;
+    }
+    const backingFile = this.backingFileFor(index);
+    const parentImage = join(this.dir, backingFile);
+    if (!(await exists(parentImage))) {
+      throw new AppError(ErrorCode.Repository, `disk ${index}: parent image ${parentImage} does not exist`, {
+        hint: 'the previous point has no such disk; back this disk up in full',
+      });
+    }
+    const [parentInfo] = await imageInfoChain(parentImage, options.signal);
+    if (parentInfo?.['virtual-size'] !== sizeBytes) {
+      throw new AppError(ErrorCode.Repository, `disk ${index}: parent image is ${parentInfo?.['virtual-size']} bytes, the disk is ${sizeBytes}`, {
+        hint: 'a resized disk needs a full backup',
+      });
+    }
+    await createQcow2(path, sizeBytes, { backingFile, signal: options.signal });
+    return path;
+  }
+
+  /** Records the idempotency key before the recovery point is requested, so a crash during the call is covered. */
+  async recordRecoveryPointRequest(requestId: string): Promise<void> {
+    this.#journal.recoveryPointRequestId = requestId;
+    await this.#writeJournal();
+  }
+
+  /** Records something just created on Nutanix (recovery point, volume group, iSCSI attachment). */
+  async addResource(resource: JournalResource): Promise<void> {
+    this.#journal.resources.push(resource);
+    await this.#writeJournal();
+  }
+
+  /**
+   * Forgets a resource once released on Nutanix. Memory is updated before the file, so `abort` knows the truth
+   * even when the file cannot be rewritten (a full filesystem).
+   */
+  async removeResource(kind: JournalResource['kind'], id: string): Promise<void> {
+    this.#journal.resources = this.#journal.resources.filter((r) => !(r.kind === kind && r.id === id));
+    await this.#writeJournal();
+  }
+
+  /** Writes the checksum file of a copied disk and remembers its manifest entry. */
+  async writeDisk(disk: StagedDisk): Promise<void> {
+    this.#assertOpen();
+    const checksums = diskChecksumsName(disk.index);
+    await writeChecksumsFile(join(this.dir, checksums), disk.index, { blocks: disk.checksums, zeroRanges: disk.zeroRanges });
+    this.#disks.set(disk.index, {
+      index: disk.index,
+      uuid: disk.uuid,
+      logicalSizeBytes: disk.logicalSizeBytes,
+      image: diskImageName(disk.index),
+      backingFile: null,
+      stats: disk.stats,
+      checksums,
+      checksummedBlocks: disk.checksums.length,
+      zeroRanges: disk.zeroRanges.length,
+    });
+  }
+
+  /**
+   * Makes the point visible: checks every image against what was staged, writes the manifest, fsyncs every file
+   * and folder, renames staging → final and fsyncs the VM folder. Refused while volume groups or iSCSI
+   * attachments are still recorded: those must be released first.
+   */
+  async commit(request: CommitRequest): Promise<RestorePoint> {
+    this.#assertOpen();
+    throwIfAborted(request.signal, `commit of ${this.pointId}`);
+    const held = this.#journal.resources.filter((r) => r.kind !== 'recovery-point');
+    if (held.length) {
+      throw new AppError(ErrorCode.Internal, `commit of ${this.pointId}: ${held.map((r) => `${r.kind} ${r.id}`).join(', ')} not released`, {
+        hint: 'release every disk export before committing',
+      });
+    }
+    const disks = [...this.#disks.values()].sort((a, b) => a.index - b.index);
+    if (disks.length === 0) throw new AppError(ErrorCode.Internal, `commit of ${this.pointId}: no disk was written`);
+    for (const disk of disks) {
+      const [top] = await imageInfoChain(join(this.dir, disk.image), request.signal);
+      if (top?.['virtual-size'] !== disk.logicalSizeBytes) {
+        throw new AppError(ErrorCode.Integrity, `disk ${disk.index}: image is ${top?.['virtual-size']} bytes, expected ${disk.logicalSizeBytes}`);
+      }
+      disk.backingFile = top['backing-filename'] ?? null;
+      if (disk.backingFile !== null && disk.backingFile !== this.backingFileFor(disk.index)) {
+        throw new AppError(ErrorCode.Integrity, `disk ${disk.index}: backing file ${disk.backingFile} is not the parent's image`, {
+          hint: `an overlay must name ${this.backingFileFor(disk.index)} (relative) as its backing file`,
+        });
+      }
+    }
+    const manifest: Manifest = ManifestSchema.parse({
+      apiVersion: manifestApiVersion,
+      pointId: this.pointId,
+      parentPointId: disks.some((d) => d.backingFile !== null) ? this.parentPointId : null,
+      type: request.type,
+      typeReason: request.typeReason,
+      createdAt: this.createdAt.toISOString(),
+      completedAt: new Date().toISOString(),
+      vm: request.vm,
+      consistency: request.consistency,
+      recoveryPoint: request.recoveryPoint,
+      disks,
+    } satisfies Manifest);
+    if ((manifest.type === 'full') !== (manifest.parentPointId === null)) {
+      throw new AppError(ErrorCode.Internal, `commit of ${this.pointId}: type ${manifest.type} but ${manifest.parentPointId ? 'disks are overlays' : 'no disk is an overlay'}`);
+    }
+    await writeFileAtomic(this.dir, manifestFileName, `${JSON.stringify(manifest, null, 2)}\n`);
+    await fsyncTree(this.dir);
+    throwIfAborted(request.signal, `commit of ${this.pointId}`);
+    const finalDir = pointDir(this.vm, this.pointId);
+    try {
+      await rename(this.dir, finalDir);
+    } catch (err) {
+      throw fsError(err, 'rename into place', finalDir);
+    }
+    await fsyncPath(vmDir(this.vm));
+    this.#finished = true;
+    await this.#lock.release();
+    return { vm: this.vm, pointId: this.pointId, dir: finalDir, manifest };
+  }
+
+  /**
+   * Gives up the attempt. The staging folder is removed when the journal lists nothing left on Nutanix;
+   * otherwise it stays for recoverLeftovers. Returns whether it was removed.
+   */
+  async abort(): Promise<boolean> {
+    if (this.#finished) return false;
+    this.#finished = true;
+    try {
+      if (this.#journal.resources.length > 0) return false;
+      await rm(this.dir, { recursive: true, force: true });
+      return true;
+    } finally {
+      await this.#lock.release();
+    }
+  }
+
+  #assertOpen(): void {
+    if (this.#finished) throw new AppError(ErrorCode.Internal, `point ${this.pointId} is already committed or aborted`);
+  }
+
+  async #writeJournal(): Promise<void> {
+    await writeFileAtomic(this.dir, journalFileName, `${JSON.stringify(this.#journal, null, 2)}\n`);
+  }
+}
+
+/**
+ * Starts a restore point: takes the VM lock (held until commit/abort), creates the staging folder and writes its
+ * journal first. `parentPointId` is the committed point incrementals chain onto, or null for a full.
+ */
+export async function beginPoint(vm: VmRef, options: { parentPointId: string | null; now?: Date; signal?: AbortSignal }): Promise<StagedPoint> {
+  throwIfAborted(options.signal, 'begin restore point');
+  const dir = vmDir(vm);
+  try {
+    await mkdir(dir, { recursive: true });
+  } catch (err) {
+    throw fsError(err, 'create', dir);
+  }
+  const lock = await acquireVmLock(dir, `backup of VM ${vm.vmUuid}`);
+  try {
+    if (options.parentPointId !== null) await readManifest(pointDir(vm, options.parentPointId));
+    const createdAt = options.now ?? new Date();
+    const pointId = newPointId(createdAt);
+    const journal: Journal = {
+      apiVersion: journalApiVersion,
+      pointId,
+      clusterUuid: vm.clusterUuid,
+      vmUuid: vm.vmUuid,
+      pid: process.pid,
+      hostname: hostname(),
+      startedAt: createdAt.toISOString(),
+      resources: [],
+    };
+    const staged = new StagedPoint(vm, pointId, options.parentPointId, createdAt, journal, lock);
+    try {
+      await mkdir(staged.dir);
+    } catch (err) {
+      throw fsError(err, 'create', staged.dir);
+    }
+    try {
+      await writeFileAtomic(staged.dir, journalFileName, `${JSON.stringify(journal, null, 2)}\n`);
+      await fsyncPath(dir);
+    } catch (err) {
+      await rm(staged.dir, { recursive: true, force: true });
+      throw err;
+    }
+    return staged;
+  } catch (err) {
+    await lock.release();
+    throw err;
+  }
+}
+
+export interface Leftover {
+  /** The staging folder of the dead attempt. */
+  dir: string;
+  pointId: string;
+  /** Undefined when the journal is missing or unreadable (the attempt died before or while writing it). */
+  journal: Journal | undefined;
+}
+
+export interface LeftoverReport {
+  removed: Leftover[];
+  /** Leftovers whose cleanup callback failed; their folders stay for the next run. */
+  kept: { leftover: Leftover; error: unknown }[];
+  /** Trash folders of interrupted deletions, removed. */
+  trashRemoved: number;
+}
+
+async function readJournal(dir: string): Promise<Journal | undefined> {
+  try {
+    const parsed = JournalSchema.safeParse(JSON.parse(await readFile(join(dir, journalFileName), 'utf8')));
+    return parsed.success ? parsed.data : undefined;
+  } catch {
+    return undefined;
+  }
+}
+
+/**
+ * Cleans up after attempts that died (SIGKILL, power loss). Under the VM lock, each staging folder is handed to
+ * `cleanup` with its journal, so the engine deletes the recorded recovery point, volume groups and iSCSI
+ * attachments on Nutanix; the folder is removed only when `cleanup` resolves. Holding the lock guarantees no
+ * live attempt owns any of these folders.
+ */
+export async function recoverLeftovers(vm: VmRef, cleanup: (leftover: Leftover) => Promise<void>): Promise<LeftoverReport> {
+  const dir = vmDir(vm);
+  const report: LeftoverReport = { removed: [], kept: [], trashRemoved: 0 };
+  let names: string[];
+  try {
+    names = await readdir(dir);
+  } catch (err) {
+    if ((err as NodeJS.ErrnoException).code === 'ENOENT') return report;
+    throw fsError(err, 'list', dir);
+  }
+  const lock = await acquireVmLock(dir, `cleanup of VM ${vm.vmUuid}`);
+  try {
+    for (const name of names) {
+      const path = join(dir, name);
+      if (name.startsWith(trashPrefix)) {
+        await rm(path, { recursive: true, force: true });
+        report.trashRemoved++;
+        continue;
+      }
+      if (!name.startsWith(stagingPrefix)) continue;
+      const leftover: Leftover = { dir: path, pointId: name.slice(stagingPrefix.length), journal: await readJournal(path) };
+      try {
+        await cleanup(leftover);
+      } catch (error) {
+        report.kept.push({ leftover, error });
+        continue;
+      }
+      await rm(path, { recursive: true, force: true });
+      report.removed.push(leftover);
+    }
+    if (report.removed.length || report.trashRemoved) await fsyncPath(dir);
+  } finally {
+    await lock.release();
+  }
+  return report;
+}
+
