@@ -1,0 +1,216 @@
+/**
+ * Copies one disk from an NBD export into a QCOW2 image: REGULAR regions are read with a few large requests
+ * in flight into reused buffers and appended to the image in guest order; ZEROED regions become zero clusters
+ * in an overlay and nothing in a full image. Every written run of at most 1 MiB gets an xxh3-64 checksum.
+ *
+ * On any failure the partial image is deleted before the error is thrown, so a file at target.path after a
+ * successful return is always a complete, fsynced image and never otherwise.
+ */
+import { xxh3 } from '@node-rs/xxhash';
+import { z } from 'zod';
+import { AppError, ErrorCode, abortError, isAppError } from '../lib/errors.ts';
+import { NbdClient, type ByteRange, type NbdEndpoint } from '../nbd/client.ts';
+import { DEFAULT_CLUSTER_SIZE, Qcow2Writer, type Qcow2WriteSummary } from '../qcow2/writer.ts';
+import { CopyActionKind, planCopy, type CopyAction, type PlanTotals } from './plan.ts';
+import { tierTuning } from './tiers.ts';
+import type { BlockChecksum, DiskCopyProgress, DiskCopyStats, Region } from './types.ts';
+
+export const CHECKSUM_RUN_BYTES = 1024 * 1024;
+
+export interface CopyDiskOptions {
+  source: NbdEndpoint;
+  exportName?: string;
+  regions: AsyncIterable<Region> | Iterable<Region>;
+  sizeBytes: number;
+  target: { path: string; backing?: { relativePath: string; sizeBytes: number } };
+  clusterSize?: number;
+  requestSize?: number;
+  inFlight?: number;
+  /** See Qcow2WriterOptions.syncEveryBytes. */
+  syncEveryBytes?: number;
+  signal?: AbortSignal;
+  onProgress?: (progress: DiskCopyProgress) => void;
+  progressIntervalMs?: number;
+}
+
+export interface DiskCopyResult {
+  stats: DiskCopyStats;
+  checksums: BlockChecksum[];
+  image: Qcow2WriteSummary;
+}
+
+const NumbersSchema = z.object({
+  sizeBytes: z.number().int().positive(),
+  clusterSize: z.number().int().positive(),
+  requestSize: z.number().int().positive(),
+  inFlight: z.number().int().min(1).max(64),
+  progressIntervalMs: z.number().int().min(0),
+  backingSizeBytes: z.number().int().positive().optional(),
+});
+
+interface Slot {
+  action: CopyAction;
+  buffer: Buffer | undefined;
+  read: Promise<ByteRange[]>;
+}
+
+export async function copyDisk(options: CopyDiskOptions): Promise<DiskCopyResult> {
+  const started = performance.now();
+  const { signal } = options;
+  const clusterSize = options.clusterSize ?? DEFAULT_CLUSTER_SIZE;
+  const parsed = NumbersSchema.safeParse({
+    sizeBytes: options.sizeBytes,
+    clusterSize,
+    requestSize: options.requestSize ?? tierTuning.ssd.requestSize,
+    inFlight: options.inFlight ?? tierTuning.ssd.inFlight,
+    progressIntervalMs: options.progressIntervalMs ?? 250,
+    backingSizeBytes: options.target.backing?.sizeBytes,
+  });
+  if (!parsed.success) {
+    throw new AppError(ErrorCode.InvalidInput, `copyDisk options are invalid: ${parsed.error.issues.map((i) => `${i.path.join('.')}: ${i.message}`).join('; ')}`, {
+      hint: 'sizes are positive byte counts, inFlight 1-64',
+    });
+  }
+  const { sizeBytes, inFlight, progressIntervalMs, backingSizeBytes } = parsed.data;
+  // Requests are whole clusters so that every piece can be appended to the image as it arrives.
+  const requestSize = Math.max(clusterSize, Math.floor(parsed.data.requestSize / clusterSize) * clusterSize);
+  const backing = options.target.backing;
+  if (backing && backingSizeBytes !== sizeBytes) {
+    throw new AppError(ErrorCode.InvalidInput, `disk is ${sizeBytes} bytes but its backing image is ${backingSizeBytes} bytes`, {
+      hint: 'a resized disk needs a full backup (no backing)',
+    });
+  }
+  if (signal?.aborted) throw abortError(signal, 'copy disk');
+
+  const client = await NbdClient.connect({ endpoint: options.source, exportName: options.exportName, metaContexts: [], signal });
+  let writer: Qcow2Writer | undefined;
+  try {
+    if (client.sizeBytes < sizeBytes) {
+      throw new AppError(ErrorCode.InvalidInput, `the NBD export is ${client.sizeBytes} bytes, smaller than the disk size ${sizeBytes}`, {
+        hint: 'sizeBytes must be the size of the exported snapshot disk',
+      });
+    }
+    writer = await Qcow2Writer.create({
+      path: options.target.path,
+      sizeBytes,
+      clusterSize,
+      backing: backing ? { relativePath: backing.relativePath, format: 'qcow2' } : undefined,
+      syncEveryBytes: options.syncEveryBytes,
+    });
+    const totals: PlanTotals = { changedBytes: 0, zeroBytes: 0 };
+    const checksums: BlockChecksum[] = [];
+    let transferredBytes = 0;
+    let holeBytes = 0;
+    let doneBytes = 0;
+    let lastProgress = 0;
+    const report = (force: boolean) => {
+      if (!options.onProgress) return;
+      const now = performance.now();
+      if (!force && now - lastProgress < progressIntervalMs) return;
+      lastProgress = now;
+      options.onProgress({ doneBytes, totalBytes: sizeBytes, transferredBytes });
+    };
+
+    const free: Buffer[] = Array.from({ length: inFlight }, () => Buffer.allocUnsafe(requestSize));
+    const slots: Slot[] = [];
+    const activeWriter = writer;
+
+    const writeRun = async (offset: number, bytes: Buffer) => {
+      for (let at = 0; at < bytes.length; at += CHECKSUM_RUN_BYTES) {
+        const piece = bytes.subarray(at, Math.min(bytes.length, at + CHECKSUM_RUN_BYTES));
+        checksums.push({ offset: offset + at, length: piece.length, hash: xxh3.xxh64(piece).toString(16).padStart(16, '0') });
+      }
+      await activeWriter.writeData(offset, bytes);
+      transferredBytes += bytes.length;
+    };
+
+    /** Completes the oldest slot: its read, then its write. */
+    const drain = async () => {
+      const slot = slots.shift();
+      if (!slot) return;
+      const holes = await slot.read;
+      const { action, buffer } = slot;
+      if (action.kind === CopyActionKind.Zero) {
+        await activeWriter.writeZeroes(action.offset, action.length);
+      } else if (buffer) {
+        const data = buffer.subarray(0, action.length);
+        if (holes.length === 0) {
+          await writeRun(action.offset, data);
+        } else {
+          for (const run of clusterRuns(action, holes, clusterSize)) {
+            const bytes = data.subarray(run.offset - action.offset, run.offset - action.offset + run.length);
+            if (!run.hole) await writeRun(run.offset, bytes);
+            else {
+              holeBytes += run.length;
+              // A hole in an overlay must still hide the backing data; in a full image it stays unallocated.
+              if (backing) await activeWriter.writeZeroes(run.offset, run.length);
+            }
+          }
+        }
+        free.push(buffer);
+      }
+      doneBytes = action.offset + action.length;
+      report(false);
+    };
+
+    for await (const action of planCopy(options.regions, { sizeBytes, clusterSize, maxDataBytes: requestSize, overlay: backing !== undefined }, totals)) {
+      if (signal?.aborted) throw abortError(signal, 'copy disk');
+      if (action.kind === CopyActionKind.Zero) {
+        slots.push({ action, buffer: undefined, read: Promise.resolve([]) });
+      } else {
+        while (free.length === 0) await drain();
+        const buffer = free.pop()!;
+        const read = client.read(action.offset, action.length, buffer, { signal }).then((r) => r.holes);
+        read.catch(() => undefined); // observed by drain(); avoid an unhandled rejection meanwhile
+        slots.push({ action, buffer, read });
+      }
+    }
+    while (slots.length > 0) await drain();
+    if (signal?.aborted) throw abortError(signal, 'copy disk');
+    const image = await writer.finalize();
+    doneBytes = sizeBytes;
+    report(true);
+    const durationMs = performance.now() - started;
+    return {
+      stats: {
+        logicalBytes: sizeBytes,
+        changedBytes: totals.changedBytes,
+        transferredBytes,
+        zeroBytes: totals.zeroBytes + holeBytes,
+        durationMs: Math.round(durationMs),
+        throughputBytesPerSec: durationMs > 0 ? Math.round((transferredBytes / durationMs) * 1000) : 0,
+      },
+      checksums,
+      image,
+    };
+  } catch (err) {
+    await writer?.abandon();
+    if (signal?.aborted) throw abortError(signal, 'copy disk');
+    if (isAppError(err)) throw err;
+    throw new AppError(ErrorCode.DataPath, `copy to ${options.target.path} failed: ${(err as Error).message}`, { cause: err });
+  } finally {
+    await client.close().catch(() => client.destroy());
+  }
+}
+
+/** Splits a data action into runs of whole clusters that are entirely holes or contain data. */
+function clusterRuns(action: CopyAction, holes: ByteRange[], clusterSize: number): Array<ByteRange & { hole: boolean }> {
+  const sorted = [...holes].sort((a, b) => a.offset - b.offset);
+  const runs: Array<ByteRange & { hole: boolean }> = [];
+  let h = 0;
+  const end = action.offset + action.length;
+  for (let at = action.offset; at < end; at += clusterSize) {
+    const clusterEnd = Math.min(at + clusterSize, end);
+    // Holes from one read never overlap; walk them to see whether [at, clusterEnd) is covered.
+    while (h < sorted.length && sorted[h]!.offset + sorted[h]!.length <= at) h++;
+    let covered = at;
+    for (let k = h; k < sorted.length && sorted[k]!.offset <= covered && covered < clusterEnd; k++) {
+      covered = Math.max(covered, sorted[k]!.offset + sorted[k]!.length);
+    }
+    const hole = covered >= clusterEnd;
+    const last = runs.at(-1);
+    if (last && last.hole === hole) last.length += clusterEnd - at;
+    else runs.push({ offset: at, length: clusterEnd - at, hole });
+  }
+  return runs;
+}
