@@ -94,6 +94,8 @@ export interface RecoveryPoint {
   vmUuid: string;
   /** v4 VM recovery point extId. */
   vmRecoveryPointId?: string;
+  /** v4: the cluster holding the recovery point (`locationReferences[0].locationExtId`); exports happen there. */
+  clusterUuid?: string;
   /** The consistency Nutanix actually produced (read back, never assumed). */
   consistency: Consistency;
   createdAt?: string;
@@ -117,7 +119,8 @@ export interface ChangedRegionsRequest {
 
 export interface PrismClient {
   capabilities(signal?: AbortSignal): Promise<PrismCapabilities>;
-  listVms(options?: { filter?: string; signal?: AbortSignal }): Promise<Vm[]>;
+  /** Every VM (paging through all of them), or those named exactly `name`. */
+  listVms(options?: { name?: string; signal?: AbortSignal }): Promise<Vm[]>;
   getVm(uuid: string, signal?: AbortSignal): Promise<Vm>;
   /** By UUID or exact name; an ambiguous name is an InvalidInput error listing the UUIDs. */
   findVm(nameOrUuid: string, signal?: AbortSignal): Promise<Vm>;

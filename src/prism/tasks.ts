@@ -1,0 +1,119 @@
+/** Waits for Prism tasks (v3 `tasks/{uuid}`, v4 `prism/v4.0/config/tasks/{extId}`) with a deadline and cancellation. */
+import { setTimeout as sleep } from 'node:timers/promises';
+import { AppError, ErrorCode, abortError } from '../lib/errors.ts';
+import type { PrismHttp } from './http.ts';
+import { type V3Task, type V4Task, v3TaskSchema, v4Envelope, v4TaskSchema } from './schemas.ts';
+
+export interface TaskWaitOptions {
+  /** Give up after this long; the task keeps running on Prism. */
+  timeoutMs: number;
+  /** First poll delay; doubles up to maxPollMs. */
+  pollMs: number;
+  maxPollMs: number;
+}
+
+export const defaultTaskWait: TaskWaitOptions = { timeoutMs: 30 * 60_000, pollMs: 250, maxPollMs: 3_000 };
+
+/** The path form of an id as the v4 SDKs escape it: `ZXJnb24=:<uuid>` keeps its '=' and ':'. */
+export function pathSegment(id: string): string {
+  return encodeURIComponent(id).replaceAll('%3D', '=').replaceAll('%3A', ':');
+}
+
+async function waitFor<T>(
+  what: string,
+  taskId: string,
+  options: TaskWaitOptions,
+  signal: AbortSignal | undefined,
+  poll: () => Promise<T>,
+  verdict: (task: T) => 'done' | 'running' | AppError,
+): Promise<T> {
+  const deadline = Date.now() + options.timeoutMs;
+  let delay = options.pollMs;
+  for (;;) {
+    const task = await poll();
+    const state = verdict(task);
+    if (state === 'done') return task;
+    if (state !== 'running') throw state;
+    const left = deadline - Date.now();
+    if (left <= 0) {
+      throw new AppError(ErrorCode.Timeout, `${what}: Prism task ${taskId} did not finish within ${Math.round(options.timeoutMs / 1000)} s`, {
+        retryable: true,
+        hint: 'check the task in Prism; raise the task timeout if the cluster is busy',
+      });
+    }
+    try {
+      await sleep(Math.min(delay, left), undefined, signal ? { signal } : undefined);
+    } catch {
+      throw abortError(signal, what);
+    }
+    delay = Math.min(options.maxPollMs, delay * 2);
+  }
+}
+
+export function waitForV3Task(http: PrismHttp, taskUuid: string, what: string, options: TaskWaitOptions, signal?: AbortSignal): Promise<V3Task> {
+  return waitFor(
+    what,
+    taskUuid,
+    options,
+    signal,
+    async () =>
+      (
+        await http.request({
+          method: 'GET',
+          path: `/api/nutanix/v3/tasks/${pathSegment(taskUuid)}`,
+          schema: v3TaskSchema,
+          retrySafe: true,
+          signal,
+          what: `${what} (task ${taskUuid})`,
+        })
+      ).data,
+    (task) => {
+      if (task.status === 'SUCCEEDED') return 'done';
+      if (task.status === 'FAILED' || task.status === 'ABORTED') {
+        const detail = [task.error_code, task.error_detail].filter(Boolean).join(': ') || task.progress_message || task.status;
+        return new AppError(ErrorCode.TaskFailed, `${what}: Prism task ${taskUuid} ${task.status.toLowerCase()}: ${detail}`);
+      }
+      return 'running';
+    },
+  );
+}
+
+export function waitForV4Task(http: PrismHttp, taskExtId: string, what: string, options: TaskWaitOptions, signal?: AbortSignal): Promise<V4Task> {
+  return waitFor(
+    what,
+    taskExtId,
+    options,
+    signal,
+    async () =>
+      (
+        await http.request({
+          method: 'GET',
+          path: `/api/prism/v4.0/config/tasks/${pathSegment(taskExtId)}`,
+          schema: v4Envelope(v4TaskSchema),
+          retrySafe: true,
+          signal,
+          what: `${what} (task ${taskExtId})`,
+        })
+      ).data.data,
+    (task) => {
+      if (task.status === 'SUCCEEDED') return 'done';
+      if (task.status === 'FAILED' || task.status === 'CANCELED') {
+        const messages = [...new Set((task.errorMessages ?? []).map((m) => m.message).filter((m): m is string => !!m))];
+        const detail = messages.join('; ') || task.legacyErrorMessage || task.status;
+        return new AppError(ErrorCode.TaskFailed, `${what}: Prism task ${taskExtId} ${task.status.toLowerCase()}: ${detail}`);
+      }
+      return 'running';
+    },
+  );
+}
+
+/** The v4 entity a finished task created: completion detail `detailName`, else the affected entity with relation `rel`. */
+export function createdEntityId(task: V4Task, detailName: string, rel: string, what: string): string {
+  const detail = task.completionDetails?.find((d) => d.name === detailName)?.value;
+  if (typeof detail === 'string' && detail) return detail;
+  const affected = task.entitiesAffected?.find((e) => e.rel === rel && e.extId);
+  if (affected?.extId) return affected.extId;
+  throw new AppError(ErrorCode.BadResponse, `${what}: task ${task.extId ?? '?'} succeeded but names no ${rel}`, {
+    hint: 'the Prism version may be unsupported; report it with the Prism version',
+  });
+}

@@ -1,0 +1,523 @@
+/**
+ * Prism v4: vmm VMs, dataprotection recovery points and CRT, prism tasks, clustermgmt clusters and volumes
+ * (volume groups exported over iSCSI). Paths and JSON names follow the official v4 Go SDKs.
+ */
+import { randomUUID } from 'node:crypto';
+import type { z } from 'zod';
+import { AppError, ErrorCode } from '../lib/errors.ts';
+import type { Logger } from '../lib/log.ts';
+import type { Region } from '../mover/types.ts';
+import type { PrismHttp } from './http.ts';
+import { clipRegions, idempotencyUuid, indexDisks } from './model.ts';
+import {
+  type V4RecoveryPoint,
+  type V4Vm,
+  ignoredBodySchema,
+  v4CategorySchema,
+  v4ChangedRegionSchema,
+  v4ChangedRegionsRequestSchema,
+  v4ClusterInfoSchema,
+  v4ClusterSchema,
+  v4DiscoverClusterRequestSchema,
+  v4Envelope,
+  v4IscsiClientSchema,
+  v4ListEnvelope,
+  v4RecoveryPointCreateSchema,
+  v4RecoveryPointSchema,
+  v4TaskReferenceSchema,
+  v4VmRecoveryPointSchema,
+  v4VmSchema,
+  v4VolumeGroupSchema,
+} from './schemas.ts';
+import { type TaskWaitOptions, createdEntityId, pathSegment, waitForV4Task } from './tasks.ts';
+import type { ChangedRegionsRequest, ClusterInfo, Consistency, DiskExport, DiskRecoveryPoint, RecoveryPoint, Vm, VmDisk } from './types.ts';
+import type { BackendDeps } from './v3.ts';
+
+/** API revision per v4 namespace: v4.0 is the first GA revision (pc.2024.3), served by every v4-capable PC. */
+export const v4Paths = {
+  vms: '/api/vmm/v4.0/ahv/config/vms',
+  categories: '/api/prism/v4.0/config/categories',
+  clusters: '/api/clustermgmt/v4.0/config/clusters',
+  recoveryPoints: '/api/dataprotection/v4.0/config/recovery-points',
+  recoveryPointContent: '/api/dataprotection/v4.0/content/recovery-points',
+  volumeGroups: '/api/volumes/v4.0/config/volume-groups',
+  iscsiClients: '/api/volumes/v4.0/config/iscsi-clients',
+} as const;
+
+/** The v4 maximum page size. */
+const v4PageLimit = 100;
+const iscsiPort = 3260;
+
+export class V4Backend {
+  private readonly http: PrismHttp;
+  private readonly log: Logger;
+  private readonly taskWait: TaskWaitOptions;
+  private clusterNames: Map<string, string> | undefined;
+
+  constructor(deps: BackendDeps) {
+    this.http = deps.http;
+    this.log = deps.log;
+    this.taskWait = deps.taskWait;
+  }
+
+  async clusters(signal?: AbortSignal): Promise<ClusterInfo[]> {
+    const clusters = await this.listAll(v4Paths.clusters, v4ClusterSchema, 'list clusters', signal);
+    const infos = clusters.map((c) => {
+      const isPrismCentral = c.config?.clusterFunction?.includes('PRISM_CENTRAL') ?? false;
+      const nos = c.config?.clusterSoftwareMap?.find((s) => s.softwareType === (isPrismCentral ? 'PRISM_CENTRAL' : 'NOS'));
+      return {
+        uuid: c.extId,
+        name: c.name ?? c.extId,
+        isPrismCentral,
+        version: nos?.version ?? c.config?.buildInfo?.version ?? undefined,
+        dataServicesIp: c.network?.externalDataServiceIp?.ipv4?.value ?? c.network?.externalDataServiceIp?.ipv6?.value ?? undefined,
+      };
+    });
+    this.clusterNames = new Map(infos.map((c) => [c.uuid, c.name]));
+    return infos;
+  }
+
+  async listVms(options: { name?: string; signal?: AbortSignal } = {}): Promise<Vm[]> {
+    const filter = options.name === undefined ? undefined : `name eq '${odataString(options.name)}'`;
+    const raw = await this.listAll(v4Paths.vms, v4VmSchema, 'list VMs', options.signal, filter);
+    const vms = await this.toVms(raw, options.signal);
+    return options.name === undefined ? vms : vms.filter((vm) => vm.name === options.name);
+  }
+
+  async getVm(uuid: string, signal?: AbortSignal): Promise<Vm> {
+    const res = await this.http.request({
+      method: 'GET',
+      path: `${v4Paths.vms}/${pathSegment(uuid)}`,
+      schema: v4Envelope(v4VmSchema),
+      retrySafe: true,
+      signal,
+      what: `get VM ${uuid}`,
+    });
+    const [vm] = await this.toVms([res.data.data], signal);
+    if (!vm) throw new AppError(ErrorCode.Internal, `get VM ${uuid}: conversion lost the VM`);
+    return vm;
+  }
+
+  async createRecoveryPoint(request: {
+    vm: Vm;
+    name: string;
+    consistency: Consistency;
+    requestId: string;
+    expiresAt?: Date;
+    signal?: AbortSignal;
+  }): Promise<RecoveryPoint> {
+    const { signal } = request;
+    const what = `create recovery point "${request.name}" of VM ${request.vm.name}`;
+    const body = v4RecoveryPointCreateSchema.parse({
+      name: request.name,
+      recoveryPointType: request.consistency,
+      ...(request.expiresAt ? { expirationTime: request.expiresAt.toISOString() } : {}),
+      vmRecoveryPoints: [
+        {
+          vmExtId: request.vm.uuid,
+          // COPY_BACKUP leaves the guest's own VSS backup history (e.g. SQL log chains) untouched.
+          ...(request.consistency === 'APPLICATION_CONSISTENT'
+            ? { applicationConsistentProperties: { $objectType: 'dataprotection.v4.common.VssProperties', backupType: 'COPY_BACKUP', shouldStoreVssMetadata: false } }
+            : {}),
+        },
+      ],
+    });
+    const res = await this.http.request({
+      method: 'POST',
+      path: v4Paths.recoveryPoints,
+      body,
+      headers: { 'NTNX-Request-Id': idempotencyUuid(request.requestId) },
+      schema: v4Envelope(v4TaskReferenceSchema),
+      // NTNX-Request-Id makes a repeat return the first call's task instead of creating a second point.
+      retrySafe: true,
+      signal,
+      what,
+    });
+    const task = await waitForV4Task(this.http, res.data.data.extId, what, this.taskWait, signal);
+    const id = createdEntityId(task, 'recoveryPointExtId', 'dataprotection:config:recovery-point', what);
+    const point = await this.getRecoveryPoint(id, signal);
+    if (!point) throw new AppError(ErrorCode.BadResponse, `${what}: recovery point ${id} vanished right after creation`, { retryable: true });
+    if (point.consistency !== request.consistency) {
+      this.log.warn({ vm: request.vm.name, requested: request.consistency, produced: point.consistency }, 'Prism produced a different consistency');
+    }
+    return point;
+  }
+
+  async getRecoveryPoint(id: string, signal?: AbortSignal): Promise<RecoveryPoint | undefined> {
+    const found = await this.fetchRecoveryPoint(id, signal);
+    return found ? this.toRecoveryPoint(found.point, signal) : undefined;
+  }
+
+  async listRecoveryPoints(options: { vmUuid: string; signal?: AbortSignal }): Promise<RecoveryPoint[]> {
+    const raw = await this.listAll(
+      v4Paths.recoveryPoints,
+      v4RecoveryPointSchema,
+      `list recovery points of VM ${options.vmUuid}`,
+      options.signal,
+      `vmRecoveryPoints/any(v:v/vmExtId eq '${odataString(options.vmUuid)}')`,
+    );
+    const mine = raw.filter((p) => p.vmRecoveryPoints?.some((v) => v.vmExtId === options.vmUuid));
+    return Promise.all(mine.map((p) => this.toRecoveryPoint(p, options.signal)));
+  }
+
+  async deleteRecoveryPoint(id: string, signal?: AbortSignal): Promise<void> {
+    const what = `delete recovery point ${id}`;
+    await this.deleteWithEtag(`${v4Paths.recoveryPoints}/${pathSegment(id)}`, what, signal);
+  }
+
+  async *changedRegions(request: ChangedRegionsRequest): AsyncIterable<Region> {
+    const target = vmDiskReference(request.recoveryPoint, request.disk, 'disk');
+    const reference = request.reference ? vmDiskReference(request.reference.recoveryPoint, request.reference.disk, 'reference disk') : undefined;
+    const what = `changed regions of disk ${request.disk.diskUuid}`;
+    const path =
+      `${v4Paths.recoveryPointContent}/${pathSegment(target.recoveryPointExtId)}/vm-recovery-points/${pathSegment(target.vmRecoveryPointExtId)}` +
+      `/disk-recovery-points/${pathSegment(target.diskRecoveryPointExtId)}/$actions/compute-changed-regions`;
+    const start = request.offset ?? 0;
+    const end = request.length === undefined ? undefined : start + request.length;
+    let session = await this.discoverCluster(target, reference, request.signal);
+    let position = start;
+    for (let rediscovered = false; ; ) {
+      const body = v4ChangedRegionsRequestSchema.parse({
+        offset: position,
+        ...(end !== undefined ? { length: end - position } : {}),
+        ...(request.blockSize !== undefined ? { blockSizeByte: request.blockSize } : {}),
+        ...(reference
+          ? {
+              referenceRecoveryPointExtId: reference.recoveryPointExtId,
+              referenceVmRecoveryPointExtId: reference.vmRecoveryPointExtId,
+              referenceDiskRecoveryPointExtId: reference.diskRecoveryPointExtId,
+            }
+          : {}),
+      });
+      const res = await this.http.request({
+        method: 'POST',
+        baseUrl: session.baseUrl,
+        path,
+        body,
+        // The cluster trusts the JWT from discover-cluster, not the PC session.
+        session: false,
+        headers: { Cookie: `NTNX_IGW_SESSION=${session.jwt}` },
+        schema: v4ListEnvelope(v4ChangedRegionSchema),
+        retrySafe: true,
+        acceptStatus: rediscovered ? [] : [401],
+        signal: request.signal,
+        what,
+      });
+      if (res.status === 401) {
+        // The JWT expired between pages: ask PC for a fresh one, once.
+        session = await this.discoverCluster(target, reference, request.signal);
+        rediscovered = true;
+        continue;
+      }
+      const regions = (res.data.data ?? []).map((r) => ({ offset: r.offset, length: r.length, type: r.regionType }));
+      regions.sort((a, b) => a.offset - b.offset);
+      const clipped = clipRegions(regions, position, end ?? Number.MAX_SAFE_INTEGER);
+      yield* clipped;
+      const last = clipped.at(-1);
+      // v4 has no next-offset field: a page continues where its last region ends; an empty page is the end.
+      if (!last) return;
+      const next = last.offset + last.length;
+      if (end !== undefined && next >= end) return;
+      position = next;
+    }
+  }
+
+  async exportDisk(request: { recoveryPoint: RecoveryPoint; disk: DiskRecoveryPoint; initiatorName: string; signal?: AbortSignal }): Promise<DiskExport> {
+    const { signal, disk, recoveryPoint } = request;
+    const what = `export disk ${disk.diskUuid} of recovery point ${recoveryPoint.id}`;
+    if (!disk.diskRecoveryPointId) {
+      throw new AppError(ErrorCode.InvalidInput, `${what}: the disk has no v4 disk recovery point id`, { hint: 'pass a disk of a v4 recovery point' });
+    }
+    const clusters = await this.clusters(signal);
+    const cluster = clusters.find((c) => c.uuid === recoveryPoint.clusterUuid) ?? (clusters.filter((c) => !c.isPrismCentral).length === 1 ? clusters.find((c) => !c.isPrismCentral) : undefined);
+    if (!cluster) {
+      throw new AppError(ErrorCode.BadResponse, `${what}: cannot tell which cluster holds the recovery point`, { hint: 'the recovery point has no locationReferences' });
+    }
+    if (!cluster.dataServicesIp) {
+      throw new AppError(ErrorCode.Unsupported, `${what}: cluster ${cluster.name} has no iSCSI data services IP`, {
+        hint: 'set the cluster data services IP in Prism (Cluster Details > iSCSI Data Services IP)',
+      });
+    }
+    const token = randomUUID();
+    const targetName = `sendense-${token.slice(0, 8)}`;
+    const vgWhat = `${what}: create volume group`;
+    const created = await this.http.request({
+      method: 'POST',
+      path: v4Paths.volumeGroups,
+      body: { name: `sendense-export-${token}`, clusterReference: cluster.uuid, sharingStatus: 'SHARED', targetName },
+      headers: { 'NTNX-Request-Id': token },
+      schema: v4Envelope(v4TaskReferenceSchema),
+      retrySafe: true,
+      signal,
+      what: vgWhat,
+    });
+    const vgTask = await waitForV4Task(this.http, created.data.data.extId, vgWhat, this.taskWait, signal);
+    const vgId = createdEntityId(vgTask, 'volumeGroupExtId', 'volumes:config:volume-group', vgWhat);
+    const vgPath = `${v4Paths.volumeGroups}/${pathSegment(vgId)}`;
+    let iscsiClientId: string | undefined;
+    const release = async (releaseSignal?: AbortSignal): Promise<void> => {
+      if (iscsiClientId) {
+        await this.runTask(
+          'POST',
+          `${vgPath}/$actions/detach-iscsi-client`,
+          { extId: iscsiClientId },
+          `release volume group ${vgId}: detach`,
+          releaseSignal,
+          [404],
+        );
+      }
+      await this.deleteWithEtag(vgPath, `release volume group ${vgId}: delete`, releaseSignal);
+    };
+    try {
+      await this.runTask(
+        'POST',
+        `${vgPath}/disks`,
+        { diskDataSourceReference: { entityType: 'DISK_RECOVERY_POINT', extId: disk.diskRecoveryPointId } },
+        `${what}: add disk`,
+        signal,
+      );
+      await this.runTask('POST', `${vgPath}/$actions/attach-iscsi-client`, { iscsiInitiatorName: request.initiatorName }, `${what}: attach iSCSI client`, signal);
+      const { iqn, clientId } = await this.resolveTarget(vgPath, targetName, request.initiatorName, what, signal);
+      iscsiClientId = clientId;
+      return { kind: 'iscsi', url: `iscsi://${hostForUrl(cluster.dataServicesIp)}:${iscsiPort}/${iqn}/1`, release };
+    } catch (err) {
+      await release().catch((cleanupErr: unknown) =>
+        this.log.warn({ vg: vgId, err: cleanupErr instanceof Error ? cleanupErr.message : String(cleanupErr) }, 'could not remove the export volume group'),
+      );
+      throw err;
+    }
+  }
+
+  /** The target IQN the initiator now sees for this volume group, and the iSCSI client's id (needed to detach). */
+  private async resolveTarget(vgPath: string, targetName: string, initiatorName: string, what: string, signal?: AbortSignal): Promise<{ iqn: string; clientId: string }> {
+    const vg = await this.http.request({ method: 'GET', path: vgPath, schema: v4Envelope(v4VolumeGroupSchema), retrySafe: true, signal, what: `${what}: read volume group` });
+    const name = vg.data.data.targetName ?? targetName;
+    const clients = await this.listAll(v4Paths.iscsiClients, v4IscsiClientSchema, `${what}: find iSCSI client`, signal, `iscsiInitiatorName eq '${odataString(initiatorName)}'`);
+    const client = clients.find((c) => c.iscsiInitiatorName === initiatorName && c.extId);
+    const iqn = client?.attachedTargets?.map((t) => t.iscsiTargetName).find((t): t is string => !!t && t.includes(name));
+    if (!client?.extId || !iqn) {
+      throw new AppError(ErrorCode.BadResponse, `${what}: Prism lists no iSCSI target ${name} for initiator ${initiatorName}`, {
+        hint: 'check the volume group attachment in Prism',
+      });
+    }
+    return { iqn, clientId: client.extId };
+  }
+
+  /** A v4 write answered by a task reference, then awaited. Its fresh NTNX-Request-Id makes resending it safe. */
+  private async runTask(method: 'POST' | 'DELETE', path: string, body: unknown, what: string, signal?: AbortSignal, acceptStatus: number[] = [], headers: Record<string, string> = {}): Promise<void> {
+    const res = await this.http.request({
+      method,
+      path,
+      body,
+      headers: { 'NTNX-Request-Id': randomUUID(), ...headers },
+      schema: v4Envelope(v4TaskReferenceSchema).or(ignoredBodySchema),
+      retrySafe: true,
+      acceptStatus,
+      signal,
+      what,
+    });
+    if (acceptStatus.includes(res.status)) return;
+    const parsed = v4Envelope(v4TaskReferenceSchema).safeParse(res.data);
+    if (!parsed.success) throw new AppError(ErrorCode.BadResponse, `${what}: HTTP ${res.status} without a task reference`);
+    await waitForV4Task(this.http, parsed.data.data.extId, what, this.taskWait, signal);
+  }
+
+  /** v4 DELETE needs the entity's current ETag in If-Match: GET first; "already gone" counts as deleted. */
+  private async deleteWithEtag(path: string, what: string, signal?: AbortSignal): Promise<void> {
+    for (let attempt = 1; ; attempt++) {
+      const current = await this.http.request({ method: 'GET', path, schema: ignoredBodySchema, retrySafe: true, acceptStatus: [404], signal, what });
+      if (current.status === 404) return;
+      const etag = current.headers.etag;
+      try {
+        await this.runTask('DELETE', path, undefined, what, signal, [404], etag ? { 'If-Match': etag } : {});
+        return;
+      } catch (err) {
+        // 412: the entity changed between GET and DELETE; fetch the new ETag once.
+        if (attempt < 2 && err instanceof AppError && err.code === ErrorCode.Conflict) continue;
+        throw err;
+      }
+    }
+  }
+
+  private async discoverCluster(
+    target: ReturnType<typeof vmDiskReference>,
+    reference: ReturnType<typeof vmDiskReference> | undefined,
+    signal?: AbortSignal,
+  ): Promise<{ baseUrl: string; jwt: string }> {
+    const body = v4DiscoverClusterRequestSchema.parse({
+      operation: 'COMPUTE_CHANGED_REGIONS',
+      spec: {
+        $objectType: 'dataprotection.v4.content.ComputeChangedRegionsClusterDiscoverSpec',
+        diskRecoveryPoint: target,
+        ...(reference ? { referenceDiskRecoveryPoint: reference } : {}),
+      },
+    });
+    const res = await this.http.request({
+      method: 'POST',
+      path: `${v4Paths.recoveryPoints}/${pathSegment(target.recoveryPointExtId)}/$actions/discover-cluster`,
+      body,
+      schema: v4Envelope(v4ClusterInfoSchema),
+      // A lookup with no side effect.
+      retrySafe: true,
+      signal,
+      what: `discover the cluster of recovery point ${target.recoveryPointExtId}`,
+    });
+    const ip = res.data.data.clusterIp.ipv4?.value ?? res.data.data.clusterIp.ipv6?.value;
+    if (!ip) throw new AppError(ErrorCode.BadResponse, 'discover-cluster returned no cluster IP');
+    // Same port and CA as the PC endpoint (Prism serves 9440 on every cluster).
+    const port = new URL(this.http.endpoint).port || '9440';
+    return { baseUrl: `https://${hostForUrl(ip)}:${port}`, jwt: res.data.data.jwtToken };
+  }
+
+  private async fetchRecoveryPoint(id: string, signal?: AbortSignal): Promise<{ point: V4RecoveryPoint } | undefined> {
+    const res = await this.http.request({
+      method: 'GET',
+      path: `${v4Paths.recoveryPoints}/${pathSegment(id)}`,
+      schema: v4Envelope(v4RecoveryPointSchema).nullish(),
+      retrySafe: true,
+      acceptStatus: [404],
+      signal,
+      what: `get recovery point ${id}`,
+    });
+    return res.status === 404 || !res.data ? undefined : { point: res.data.data };
+  }
+
+  private async toRecoveryPoint(raw: V4RecoveryPoint, signal?: AbortSignal): Promise<RecoveryPoint> {
+    let vmPoint = raw.vmRecoveryPoints?.[0];
+    if (!vmPoint) throw new AppError(ErrorCode.BadResponse, `recovery point ${raw.extId} holds no VM recovery point`);
+    if (!vmPoint.diskRecoveryPoints) {
+      // Some revisions list VM recovery points without their disks: read the VM recovery point itself.
+      const res = await this.http.request({
+        method: 'GET',
+        path: `${v4Paths.recoveryPoints}/${pathSegment(raw.extId)}/vm-recovery-points/${pathSegment(vmPoint.extId)}`,
+        schema: v4Envelope(v4VmRecoveryPointSchema),
+        retrySafe: true,
+        signal,
+        what: `get VM recovery point ${vmPoint.extId}`,
+      });
+      vmPoint = res.data.data;
+    }
+    const consistency = vmPoint.recoveryPointType ?? raw.recoveryPointType;
+    if (!consistency) throw new AppError(ErrorCode.BadResponse, `recovery point ${raw.extId}: Prism reported no recoveryPointType`);
+    return {
+      id: raw.extId,
+      generation: 'v4',
+      name: raw.name ?? '',
+      vmUuid: vmPoint.vmExtId ?? '',
+      vmRecoveryPointId: vmPoint.extId,
+      clusterUuid: raw.locationReferences?.[0]?.locationExtId ?? undefined,
+      consistency,
+      createdAt: raw.creationTime ?? undefined,
+      disks: (vmPoint.diskRecoveryPoints ?? []).map((d) => ({ diskUuid: d.diskExtId ?? '', diskRecoveryPointId: d.diskRecoveryPointExtId })),
+    };
+  }
+
+  private async toVms(raw: V4Vm[], signal?: AbortSignal): Promise<Vm[]> {
+    const needsCategories = raw.some((vm) => (vm.categories?.length ?? 0) > 0);
+    const categories = needsCategories ? await this.categoryNames(signal) : new Map<string, [string, string]>();
+    if (!this.clusterNames) await this.clusters(signal);
+    return raw.map((vm) => toVm(vm, categories, this.clusterNames ?? new Map()));
+  }
+
+  private async categoryNames(signal?: AbortSignal): Promise<Map<string, [string, string]>> {
+    const all = await this.listAll(v4Paths.categories, v4CategorySchema, 'list categories', signal);
+    return new Map(all.map((c) => [c.extId, [c.key, c.value]]));
+  }
+
+  /** Pages a v4 list ($page from 0, $limit 100) until totalAvailableResults, or a short page when it is absent. */
+  private async listAll<T extends z.ZodType>(path: string, item: T, what: string, signal?: AbortSignal, filter?: string): Promise<z.infer<T>[]> {
+    const all: z.infer<T>[] = [];
+    for (let page = 0; ; page++) {
+      const res = await this.http.request({
+        method: 'GET',
+        path,
+        query: { $page: page, $limit: v4PageLimit, $filter: filter },
+        schema: v4ListEnvelope(item),
+        retrySafe: true,
+        signal,
+        what,
+      });
+      const items = res.data.data ?? [];
+      all.push(...items);
+      const total = res.data.metadata?.totalAvailableResults;
+      if (items.length === 0 || (total != null ? all.length >= total : items.length < v4PageLimit)) return all;
+    }
+  }
+}
+
+function vmDiskReference(point: RecoveryPoint, disk: DiskRecoveryPoint, role: string) {
+  if (!point.vmRecoveryPointId || !disk.diskRecoveryPointId) {
+    throw new AppError(ErrorCode.InvalidInput, `${role} ${disk.diskUuid}: not a v4 disk recovery point`, {
+      hint: 'v3 recovery points go through the v3 client',
+    });
+  }
+  return {
+    $objectType: 'dataprotection.v4.content.VmDiskRecoveryPointReference' as const,
+    recoveryPointExtId: point.id,
+    vmRecoveryPointExtId: point.vmRecoveryPointId,
+    diskRecoveryPointExtId: disk.diskRecoveryPointId,
+  };
+}
+
+/** OData string literal: a single quote is doubled. */
+function odataString(value: string): string {
+  return value.replaceAll("'", "''");
+}
+
+function hostForUrl(ip: string): string {
+  return ip.includes(':') ? `[${ip}]` : ip;
+}
+
+export function toVm(raw: V4Vm, categories: Map<string, [string, string]>, clusterNames: Map<string, string>): Vm {
+  const disks: Omit<VmDisk, 'index'>[] = [];
+  for (const d of raw.disks ?? []) {
+    const backing = d.backingInfo;
+    // Only VmDisk backings are the VM's own disks; ADSFVolumeGroupReference ones are attached volume groups.
+    // CD-ROMs live in `cdRoms`, not in `disks`.
+    const isVmDisk = backing?.$objectType ? backing.$objectType === 'vmm.v4.ahv.config.VmDisk' : !backing?.volumeGroupExtId;
+    if (!isVmDisk || !d.extId || !d.diskAddress) continue;
+    const containerId = backing?.storageContainer?.extId;
+    disks.push({
+      uuid: d.extId,
+      busType: d.diskAddress.busType,
+      deviceIndex: d.diskAddress.index,
+      sizeBytes: backing?.diskSizeBytes ?? 0,
+      ...(containerId ? { container: { uuid: containerId } } : {}),
+    });
+  }
+  const clusterUuid = raw.cluster?.extId ?? '';
+  const clusterName = clusterNames.get(clusterUuid);
+  const tools = raw.guestTools;
+  const categoryMap: Record<string, string> = {};
+  for (const ref of raw.categories ?? []) {
+    const kv = ref.extId ? categories.get(ref.extId) : undefined;
+    if (kv) categoryMap[kv[0]] = kv[1];
+  }
+  return {
+    uuid: raw.extId,
+    name: raw.name ?? raw.extId,
+    cluster: { uuid: clusterUuid, ...(clusterName ? { name: clusterName } : {}) },
+    powerState: raw.powerState ?? 'UNKNOWN',
+    numSockets: raw.numSockets ?? undefined,
+    numVcpusPerSocket: raw.numCoresPerSocket ?? undefined,
+    memorySizeMib: raw.memorySizeBytes == null ? undefined : Math.round(raw.memorySizeBytes / (1024 * 1024)),
+    ngt: {
+      installed: tools?.isInstalled ?? false,
+      enabled: tools?.isEnabled ?? false,
+      reachable: tools?.isReachable ?? false,
+      vssSnapshotCapable: tools?.isVssSnapshotCapable ?? tools?.capabilities?.includes('VSS_SNAPSHOT') ?? false,
+      ...(tools?.version ? { version: tools.version } : {}),
+    },
+    categories: categoryMap,
+    disks: indexDisks(disks),
+    nics: (raw.nics ?? []).map((n) => ({
+      uuid: n.extId ?? undefined,
+      macAddress: n.backingInfo?.macAddress ?? undefined,
+      subnet: n.networkInfo?.subnet?.extId ? { uuid: n.networkInfo.subnet.extId } : undefined,
+      ipAddresses: [
+        ...(n.networkInfo?.ipv4Config?.ipAddress ? [n.networkInfo.ipv4Config.ipAddress.value] : []),
+        ...(n.networkInfo?.ipv4Info?.learnedIpAddresses ?? []).map((a) => a.value),
+      ],
+    })),
+  };
+}
