@@ -1,14 +1,15 @@
 import { execFile } from 'node:child_process';
-import { cp, readFile } from 'node:fs/promises';
+import { cp, mkdir, readFile, writeFile } from 'node:fs/promises';
 import { join, resolve } from 'node:path';
 import { promisify } from 'node:util';
 import { afterEach, beforeEach, describe, expect, it } from 'vitest';
 import { isAppError } from '../lib/errors.ts';
 import { pointDir, type VmRef } from './layout.ts';
 import { ManifestSchema } from './manifest.ts';
-import { listPoints, pointChain, previousPoint, resolvePoint, resolveVm } from './points.ts';
+import { listPoints, pointChain, previousPoint, resolvePoint, resolveVm, summarizePoints } from './points.ts';
 import { imageInfoChain } from './qemu-img.ts';
 import { restoreDisk } from './restore.ts';
+import { verifyRepository } from './verify.ts';
 import { MiB, ReferenceDisks, commitTestPoint, tempDir } from './test-repo.ts';
 
 const run = promisify(execFile);
@@ -56,6 +57,19 @@ describe('restore-point chains', () => {
     expect((await resolvePoint(vm, 'latest')).pointId).toBe(third.pointId);
     expect((await previousPoint(vm))?.recoveryPoint.id).toBe(`rp-${third.pointId}`);
     expect(await resolveVm(vm.repo, third.manifest.vm.name)).toEqual(vm);
+    expect(summarizePoints(listed).map((s) => [s.type, s.chainDepth, s.parentPointId])).toEqual([
+      ['full', 0, null],
+      ['incremental', 1, full.pointId],
+      ['incremental', 2, second.pointId],
+    ]);
+
+    // A point-named folder without a valid manifest is not a restore point; verify names it.
+    const bogus = pointDir(vm, '20991231T235959Z-000000');
+    await mkdir(bogus);
+    await writeFile(join(bogus, 'manifest.json'), '{"apiVersion":"sendense.io/restore-point/v1"}');
+    expect(await listPoints(vm.repo)).toHaveLength(3);
+    const report = await verifyRepository(vm.repo, { checksums: false });
+    expect(report.issues).toMatchObject([{ kind: 'unreadable-point', pointId: '20991231T235959Z-000000' }]);
 
     // The manifest on disk is what the schema accepts, with the checksum file next to the image.
     const raw = JSON.parse(await readFile(join(pointDir(vm, second.pointId), 'manifest.json'), 'utf8'));

@@ -182,3 +182,53 @@ export async function ensureFreeSpace(repo: string, neededBytes: number): Promis
   }
   return free;
 }
+
+export interface PointSummary {
+  vmUuid: string;
+  vmName: string;
+  clusterUuid: string;
+  pointId: string;
+  parentPointId: string | null;
+  type: Manifest['type'];
+  typeReason: string;
+  /** 0 for a full, n for the n-th incremental on top of it. */
+  chainDepth: number;
+  createdAt: string;
+  completedAt: string;
+  consistency: Manifest['consistency']['obtained'];
+  recoveryPointId: string;
+  disks: number;
+  logicalBytes: number;
+  transferredBytes: number;
+}
+
+/** One line per point for `points` (table or -o json); `points` as listPoints returns them. */
+export function summarizePoints(points: RestorePoint[]): PointSummary[] {
+  const byId = new Map(points.map((p) => [`${p.vm.vmUuid}/${p.pointId}`, p]));
+  const depth = (p: RestorePoint): number => {
+    let n = 0;
+    for (let parent = p.manifest.parentPointId; parent !== null; n++) {
+      const next = byId.get(`${p.vm.vmUuid}/${parent}`);
+      if (!next) return n + 1;
+      parent = next.manifest.parentPointId;
+    }
+    return n;
+  };
+  return points.map((p) => ({
+    vmUuid: p.vm.vmUuid,
+    vmName: p.manifest.vm.name,
+    clusterUuid: p.vm.clusterUuid,
+    pointId: p.pointId,
+    parentPointId: p.manifest.parentPointId,
+    type: p.manifest.type,
+    typeReason: p.manifest.typeReason,
+    chainDepth: depth(p),
+    createdAt: p.manifest.createdAt,
+    completedAt: p.manifest.completedAt,
+    consistency: p.manifest.consistency.obtained,
+    recoveryPointId: p.manifest.recoveryPoint.id,
+    disks: p.manifest.disks.length,
+    logicalBytes: p.manifest.disks.reduce((sum, d) => sum + d.logicalSizeBytes, 0),
+    transferredBytes: p.manifest.disks.reduce((sum, d) => sum + d.stats.transferredBytes, 0),
+  }));
+}
