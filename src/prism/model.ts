@@ -22,10 +22,18 @@ export function idempotencyUuid(requestId: string): string {
   return `${hex.slice(0, 8)}-${hex.slice(8, 12)}-${hex.slice(12, 16)}-${hex.slice(16, 20)}-${hex.slice(20, 32)}`;
 }
 
-/** Numbers the real disks in a stable order (bus name, then device index), ignoring the order Prism listed them in. */
+/** Bus order for disk numbering: SCSI (where AHV boot disks usually sit) first, unknown buses last. */
+const busOrder = ['SCSI', 'PCI', 'SATA', 'IDE', 'SPAPR'];
+
+function busRank(bus: string): number {
+  const rank = busOrder.indexOf(bus.toUpperCase());
+  return rank === -1 ? busOrder.length : rank;
+}
+
+/** Numbers the real disks in a stable order (bus, then device index), ignoring the order Prism listed them in. */
 export function indexDisks(disks: Omit<VmDisk, 'index'>[]): VmDisk[] {
   return [...disks]
-    .sort((a, b) => a.busType.localeCompare(b.busType) || a.deviceIndex - b.deviceIndex)
+    .sort((a, b) => busRank(a.busType) - busRank(b.busType) || a.busType.localeCompare(b.busType) || a.deviceIndex - b.deviceIndex)
     .map((disk, index) => ({ ...disk, index }));
 }
 
