@@ -19,7 +19,7 @@ export {
   type PointSummary,
   type RestorePoint,
 } from './points.ts';
-export { beginPoint, recoverLeftovers, StagedPoint, type CommitRequest, type Leftover, type LeftoverReport, type StagedDisk } from './staging.ts';
+export { beginPoint, recoverLeftovers, StagedPoint, type CommitRequest, type DiskImageTarget, type Leftover, type LeftoverReport, type StagedDisk } from './staging.ts';
 export { applyRetention, deletePoints, planRetention, type RetentionPlan, type RetentionPolicy } from './retention.ts';
 export { restoreDisk, type RestoreRequest, type RestoreResult } from './restore.ts';
 export { verifyRepository, xxh3Hex, VerifyIssueKind, type VerifyIssue, type VerifyOptions, type VerifyReport } from './verify.ts';

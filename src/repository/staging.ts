@@ -51,6 +51,13 @@ export interface StagedDisk {
   zeroRanges: ByteRange[];
 }
 
+/** The image a disk is copied into; structurally copyDisk's `target`. */
+export interface DiskImageTarget {
+  path: string;
+  /** Relative to the image's folder, as written into the qcow2 header. */
+  backing?: { relativePath: string; sizeBytes: number };
+}
+
 export interface CommitRequest {
   type: Manifest['type'];
   /** Why full or incremental, e.g. "first backup" or "base recovery point gone → full". */
@@ -111,17 +118,15 @@ export class StagedPoint {
   }
 
   /**
-   * Creates the empty image of disk `index`: standalone, or with `overlay` an overlay over the parent's image of
-   * the same disk (which must exist and have the same size, else the engine must fall back to full).
+   * Where the mover writes disk `index`, in the shape copyDisk's `target` takes: standalone, or with `overlay`
+   * over the parent's image of the same disk, which must exist and have the disk's size (else the engine falls
+   * back to a full backup of that disk).
    */
-  async createDiskImage(index: number, sizeBytes: number, options: { overlay: boolean; signal?: AbortSignal }): Promise<string> {
+  async copyTarget(index: number, sizeBytes: number, options: { overlay: boolean; signal?: AbortSignal }): Promise<DiskImageTarget> {
     const path = this.imagePath(index);
-    if (!options.overlay) {
-      await createQcow2(path, sizeBytes, { signal: options.signal });
-      return path;
-    }
-    const backingFile = this.backingFileFor(index);
-    const parentImage = join(this.dir, backingFile);
+    if (!options.overlay) return { path };
+    const relativePath = this.backingFileFor(index);
+    const parentImage = join(this.dir, relativePath);
     if (!(await exists(parentImage))) {
       throw new AppError(ErrorCode.Repository, `disk ${index}: parent image ${parentImage} does not exist`, {
         hint: 'the previous point has no such disk; back this disk up in full',
@@ -133,8 +138,14 @@ export class StagedPoint {
         hint: 'a resized disk needs a full backup',
       });
     }
-    await createQcow2(path, sizeBytes, { backingFile, signal: options.signal });
-    return path;
+    return { path, backing: { relativePath, sizeBytes } };
+  }
+
+  /** Creates the empty image of disk `index` with qemu-img (for writers that fill an existing image). */
+  async createDiskImage(index: number, sizeBytes: number, options: { overlay: boolean; signal?: AbortSignal }): Promise<string> {
+    const target = await this.copyTarget(index, sizeBytes, options);
+    await createQcow2(target.path, sizeBytes, { backingFile: target.backing?.relativePath, signal: options.signal });
+    return target.path;
   }
 
   /** Records the idempotency key before the recovery point is requested, so a crash during the call is covered. */
