@@ -224,11 +224,11 @@ export class PrismHttp {
     const suffix = detail ? `: ${detail}` : '';
     switch (status) {
       case 401:
-        return new AppError(ErrorCode.Unauthenticated, `Prism rejected the username or password (HTTP 401 from ${where})`, {
+        return new AppError(ErrorCode.Unauthenticated, `Prism at ${req.baseUrl ?? this.endpoint} rejected the username or password (HTTP 401)`, {
           hint: 'check --username and --password-file (or NUTANIX_USERNAME / NUTANIX_PASSWORD)',
         });
       case 403:
-        return new AppError(ErrorCode.Forbidden, `the Prism user lacks permission to ${req.what} (HTTP 403)${suffix}`, {
+        return new AppError(ErrorCode.Forbidden, `the Prism user may not ${req.what} (HTTP 403)${suffix}`, {
           hint: 'grant the user a role with this permission, e.g. Prism Admin or a backup-admin role',
         });
       case 404:
