@@ -2,7 +2,14 @@ import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, describe, expect, it } from 'vitest';
+import { isAppError } from '../lib/errors.ts';
 import { connectionFromFlags } from './connection.ts';
+
+/** The one line the CLI would print for the rejection. */
+const line = (p: Promise<unknown>) => p.then(
+  () => 'resolved',
+  (e: unknown) => (isAppError(e) ? e.oneLine() : String(e)),
+);
 
 const dir = mkdtempSync(join(tmpdir(), 'cli-connection-'));
 afterAll(() => rmSync(dir, { recursive: true, force: true }));
@@ -24,12 +31,12 @@ describe('connectionFromFlags', () => {
   });
 
   it('names the missing or wrong flag', async () => {
-    await expect(connectionFromFlags({ endpoint: 'https://p:9440' }, { NUTANIX_USERNAME: 'u' })).rejects.toThrow(/no Prism password.*--password-file or set NUTANIX_PASSWORD/);
-    await expect(connectionFromFlags({ endpoint: 'https://p:9440', passwordFile: join(dir, 'absent') }, { NUTANIX_USERNAME: 'u' })).rejects.toThrow(/--password-file: cannot read .*ENOENT/);
+    expect(await line(connectionFromFlags({ endpoint: 'https://p:9440' }, { NUTANIX_USERNAME: 'u' }))).toMatch(/no Prism password.*--password-file or set NUTANIX_PASSWORD/);
+    expect(await line(connectionFromFlags({ endpoint: 'https://p:9440', passwordFile: join(dir, 'absent') }, { NUTANIX_USERNAME: 'u' }))).toMatch(/--password-file: cannot read .*ENOENT/);
     const notPem = join(dir, 'ca.txt');
     writeFileSync(notPem, 'hello');
-    await expect(connectionFromFlags({ endpoint: 'https://p:9440', caFile: notPem }, { NUTANIX_USERNAME: 'u', NUTANIX_PASSWORD: 'p' })).rejects.toThrow(/--ca-file: .* holds no PEM/);
-    await expect(connectionFromFlags({ endpoint: 'http://p' }, { NUTANIX_USERNAME: 'u', NUTANIX_PASSWORD: 'p' })).rejects.toThrow(/not https/);
+    expect(await line(connectionFromFlags({ endpoint: 'https://p:9440', caFile: notPem }, { NUTANIX_USERNAME: 'u', NUTANIX_PASSWORD: 'p' }))).toMatch(/--ca-file: .* holds no PEM/);
+    expect(await line(connectionFromFlags({ endpoint: 'http://p' }, { NUTANIX_USERNAME: 'u', NUTANIX_PASSWORD: 'p' }))).toMatch(/not https/);
     await expect(
       connectionFromFlags({ endpoint: 'https://p', caFile: notPem, insecureSkipTlsVerify: true }, { NUTANIX_USERNAME: 'u', NUTANIX_PASSWORD: 'p' }),
     ).rejects.toThrow(/contradict/);
