@@ -47,12 +47,13 @@ export async function restoreDisk(request: RestoreRequest): Promise<RestoreResul
   const verification = await verifyRepository(request.repo, {
     vm: vm.vmUuid,
     point: point.pointId,
+    disk: request.diskIndex,
     checksums: request.verifyChecksums ?? false,
     signal,
   });
-  const ours = verification.issues.filter((i) => i.diskIndex === undefined || i.diskIndex === request.diskIndex);
-  if (ours.length) {
-    throw new AppError(ErrorCode.Integrity, `restore point ${point.pointId} disk ${request.diskIndex} fails verification: ${ours[0]!.message}`, {
+  const [first] = verification.issues;
+  if (first) {
+    throw new AppError(ErrorCode.Integrity, `restore point ${point.pointId} disk ${request.diskIndex} fails verification: ${first.message}`, {
       hint: 'run the verify command for the full report; restore an older intact point instead',
     });
   }

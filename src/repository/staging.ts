@@ -352,15 +352,16 @@ async function readJournal(dir: string): Promise<Journal | undefined> {
 export async function recoverLeftovers(vm: VmRef, cleanup: (leftover: Leftover) => Promise<void>): Promise<LeftoverReport> {
   const dir = vmDir(vm);
   const report: LeftoverReport = { removed: [], kept: [], trashRemoved: 0 };
-  let names: string[];
-  try {
-    names = await readdir(dir);
-  } catch (err) {
-    if ((err as NodeJS.ErrnoException).code === 'ENOENT') return report;
-    throw fsError(err, 'list', dir);
-  }
+  if (!(await exists(dir))) return report;
   const lock = await acquireVmLock(dir, `cleanup of VM ${vm.vmUuid}`);
   try {
+    // Listed under the lock: an attempt that committed or aborted meanwhile is not mistaken for a leftover.
+    let names: string[];
+    try {
+      names = await readdir(dir);
+    } catch (err) {
+      throw fsError(err, 'list', dir);
+    }
     for (const name of names) {
       const path = join(dir, name);
       if (name.startsWith(trashPrefix)) {

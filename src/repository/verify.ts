@@ -50,6 +50,8 @@ export interface VerifyOptions {
   vm?: string;
   /** A point id or `latest`; with it, that point and its ancestors are verified. Needs `vm`. */
   point?: string;
+  /** Only this disk index of each point. */
+  disk?: number;
   /** Re-read checksums (default true); false checks metadata and chain links only. */
   checksums?: boolean;
   signal?: AbortSignal;
@@ -193,6 +195,7 @@ async function verifyPoint(point: RestorePoint, options: VerifyOptions, report: 
   }
   const openReader = options.openReader ?? openImageReader;
   for (const disk of point.manifest.disks) {
+    if (options.disk !== undefined && disk.index !== options.disk) continue;
     throwIfAborted(signal, 'verify');
     const imagePath = join(point.dir, disk.image);
     const diskBase = { ...base, diskIndex: disk.index };
