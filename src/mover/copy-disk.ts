@@ -6,11 +6,11 @@
  * On any failure the partial image is deleted before the error is thrown, so a file at target.path after a
  * successful return is always a complete, fsynced image and never otherwise.
  */
-import { xxh3 } from '@node-rs/xxhash';
 import { z } from 'zod';
 import { AppError, ErrorCode, abortError, isAppError } from '../lib/errors.ts';
 import { NbdClient, type ByteRange, type NbdEndpoint } from '../nbd/client.ts';
 import { DEFAULT_CLUSTER_SIZE, Qcow2Writer, type Qcow2WriteSummary } from '../qcow2/writer.ts';
+import { createBlockHasher } from './checksum.ts';
 import { CopyActionKind, planCopy, type CopyAction, type PlanTotals } from './plan.ts';
 import { tierTuning } from './tiers.ts';
 import type { BlockChecksum, DiskCopyProgress, DiskCopyStats, Region } from './types.ts';
@@ -114,11 +114,12 @@ export async function copyDisk(options: CopyDiskOptions): Promise<DiskCopyResult
     const free: Buffer[] = Array.from({ length: inFlight }, () => Buffer.allocUnsafe(requestSize));
     const slots: Slot[] = [];
     const activeWriter = writer;
+    const hash = await createBlockHasher();
 
     const writeRun = async (offset: number, bytes: Buffer) => {
       for (let at = 0; at < bytes.length; at += CHECKSUM_RUN_BYTES) {
         const piece = bytes.subarray(at, Math.min(bytes.length, at + CHECKSUM_RUN_BYTES));
-        checksums.push({ offset: offset + at, length: piece.length, hash: xxh3.xxh64(piece).toString(16).padStart(16, '0') });
+        checksums.push({ offset: offset + at, length: piece.length, hash: hash(piece) });
       }
       await activeWriter.writeData(offset, bytes);
       transferredBytes += bytes.length;
