@@ -140,7 +140,8 @@ class DiscoveringPrismClient implements PrismClient {
   private async discoverV3(signal?: AbortSignal): Promise<PrismCapabilities> {
     // One after the other: the first answer brings the session cookie the second reuses.
     const clusters = await this.v3.clusters(signal);
-    const pcVersion = await this.v3.prismCentralVersion(signal);
+    // prism_central names the PC release (pc.2024.1.0.1); the PC's own cluster entry is the fallback.
+    const pcVersion = (await this.v3.prismCentralVersion(signal)) ?? clusters.find((c) => c.isPrismCentral)?.version;
     return summarize(['v3'], clusters, pcVersion);
   }
 }
