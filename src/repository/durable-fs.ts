@@ -3,7 +3,7 @@
  * and ENOSPC surfaces as a NoSpace error that tells the user what to do.
  */
 import { open, readdir, rename, rm, statfs } from 'node:fs/promises';
-import { join } from 'node:path';
+import { dirname, join, resolve } from 'node:path';
 import { AppError, ErrorCode, isAppError } from '../lib/errors.ts';
 
 export const noSpaceHint = 'free space on the repository filesystem or lower the retention (keep fewer restore points)';
@@ -80,12 +80,17 @@ export async function fsyncTree(dir: string): Promise<void> {
   await fsyncPath(dir);
 }
 
-/** Bytes an unprivileged writer can still use on the filesystem holding `path`. */
+/**
+ * Bytes an unprivileged writer can still use on the filesystem holding `path`; a path not created yet is
+ * measured at its nearest existing parent, where it will be created.
+ */
 export async function freeBytes(path: string): Promise<number> {
-  try {
-    const stats = await statfs(path);
-    return stats.bavail * stats.bsize;
-  } catch (err) {
-    throw fsError(err, 'statfs', path);
+  for (let at = resolve(path); ; at = dirname(at)) {
+    try {
+      const stats = await statfs(at);
+      return stats.bavail * stats.bsize;
+    } catch (err) {
+      if ((err as NodeJS.ErrnoException).code !== 'ENOENT' || at === dirname(at)) throw fsError(err, 'statfs', path);
+    }
   }
 }

@@ -66,6 +66,8 @@ describe('repository filesystem full (8 MiB tmpfs)', () => {
     expect(await freeBytes(mountPoint)).toBeLessThanOrEqual(8 * MiB);
     await expect(ensureFreeSpace(mountPoint, 64 * MiB)).rejects.toMatchObject({ code: 'NO_SPACE', hint: expect.stringMatching(/free space.*retention/) });
     expect(await ensureFreeSpace(mountPoint, MiB)).toBeGreaterThan(MiB);
+    // A repository folder not created yet is measured where it will be created: on the small filesystem.
+    await expect(ensureFreeSpace(join(mountPoint, 'not', 'yet'), 64 * MiB)).rejects.toMatchObject({ code: 'NO_SPACE' });
   });
 
   it('ENOSPC while writing a point yields NoSpace and leaves no visible point, no staging and no lock', async (ctx) => {

@@ -9,6 +9,7 @@ import { rename, rm } from 'node:fs/promises';
 import { join } from 'node:path';
 import { randomBytes } from 'node:crypto';
 import { AppError, ErrorCode } from '../lib/errors.ts';
+import type { Logger } from '../lib/log.ts';
 import { fsError, fsyncPath } from './durable-fs.ts';
 import { trashPrefix, vmDir, type VmRef } from './layout.ts';
 import { acquireVmLock } from './lock.ts';
@@ -84,7 +85,7 @@ export function planRetention(points: RestorePoint[], policy: RetentionPolicy): 
  * Deletes points of one VM under its lock, children first. Refuses (InvalidInput) a set that would leave a
  * surviving point without its parent.
  */
-export async function deletePoints(vm: VmRef, pointIds: string[]): Promise<void> {
+export async function deletePoints(vm: VmRef, pointIds: string[], options: { logger?: Logger } = {}): Promise<void> {
   const dir = vmDir(vm);
   const lock = await acquireVmLock(dir, `deletion in VM ${vm.vmUuid}`);
   try {
@@ -109,6 +110,7 @@ export async function deletePoints(vm: VmRef, pointIds: string[]): Promise<void>
       }
       await fsyncPath(dir);
       await rm(trash, { recursive: true, force: true });
+      options.logger?.info({ vmUuid: vm.vmUuid, pointId: point.pointId }, 'restore point deleted');
     }
   } finally {
     await lock.release();
@@ -116,8 +118,8 @@ export async function deletePoints(vm: VmRef, pointIds: string[]): Promise<void>
 }
 
 /** Plans retention for one VM and, unless `dryRun`, deletes what the plan allows. */
-export async function applyRetention(vm: VmRef, policy: RetentionPolicy, options: { dryRun?: boolean } = {}): Promise<RetentionPlan> {
+export async function applyRetention(vm: VmRef, policy: RetentionPolicy, options: { dryRun?: boolean; logger?: Logger } = {}): Promise<RetentionPlan> {
   const plan = planRetention(await listVmPoints(vm), policy);
-  if (!options.dryRun && plan.remove.length) await deletePoints(vm, plan.remove.map((p) => p.pointId));
+  if (!options.dryRun && plan.remove.length) await deletePoints(vm, plan.remove.map((p) => p.pointId), options);
   return plan;
 }

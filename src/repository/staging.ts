@@ -9,6 +9,7 @@ import { hostname } from 'node:os';
 import { join } from 'node:path';
 import type { BlockChecksum, DiskCopyStats } from '../mover/types.ts';
 import { AppError, ErrorCode, throwIfAborted } from '../lib/errors.ts';
+import type { Logger } from '../lib/log.ts';
 import { writeChecksumsFile, type ByteRange } from './checksums.ts';
 import { fsError, fsyncPath, fsyncTree, writeFileAtomic } from './durable-fs.ts';
 import {
@@ -87,8 +88,9 @@ export class StagedPoint {
   #lock: HeldLock;
   #disks = new Map<number, ManifestDisk>();
   #finished = false;
+  #logger: Logger | undefined;
 
-  constructor(vm: VmRef, pointId: string, parentPointId: string | null, createdAt: Date, journal: Journal, lock: HeldLock) {
+  constructor(vm: VmRef, pointId: string, parentPointId: string | null, createdAt: Date, journal: Journal, lock: HeldLock, logger?: Logger) {
     this.vm = vm;
     this.pointId = pointId;
     this.parentPointId = parentPointId;
@@ -96,6 +98,7 @@ export class StagedPoint {
     this.createdAt = createdAt;
     this.#journal = journal;
     this.#lock = lock;
+    this.#logger = logger;
   }
 
   get journal(): Journal {
@@ -240,9 +243,14 @@ export class StagedPoint {
     } catch (err) {
       throw fsError(err, 'rename into place', finalDir);
     }
-    await fsyncPath(vmDir(this.vm));
+    // Visible from here on, whatever happens next.
     this.#finished = true;
-    await this.#lock.release();
+    try {
+      await fsyncPath(vmDir(this.vm));
+    } finally {
+      await this.#lock.release();
+    }
+    this.#logger?.info({ vmUuid: this.vm.vmUuid, pointId: this.pointId, type: manifest.type, parentPointId: manifest.parentPointId }, 'restore point committed');
     return { vm: this.vm, pointId: this.pointId, dir: finalDir, manifest };
   }
 
@@ -254,8 +262,12 @@ export class StagedPoint {
     if (this.#finished) return false;
     this.#finished = true;
     try {
-      if (this.#journal.resources.length > 0) return false;
+      if (this.#journal.resources.length > 0) {
+        this.#logger?.warn({ pointId: this.pointId, resources: this.#journal.resources }, 'restore point aborted; staging kept for leftover cleanup');
+        return false;
+      }
       await rm(this.dir, { recursive: true, force: true });
+      this.#logger?.info({ pointId: this.pointId }, 'restore point aborted; staging removed');
       return true;
     } finally {
       await this.#lock.release();
@@ -275,7 +287,10 @@ export class StagedPoint {
  * Starts a restore point: takes the VM lock (held until commit/abort), creates the staging folder and writes its
  * journal first. `parentPointId` is the committed point incrementals chain onto, or null for a full.
  */
-export async function beginPoint(vm: VmRef, options: { parentPointId: string | null; now?: Date; signal?: AbortSignal }): Promise<StagedPoint> {
+export async function beginPoint(
+  vm: VmRef,
+  options: { parentPointId: string | null; now?: Date; signal?: AbortSignal; logger?: Logger },
+): Promise<StagedPoint> {
   throwIfAborted(options.signal, 'begin restore point');
   const dir = vmDir(vm);
   try {
@@ -298,7 +313,7 @@ export async function beginPoint(vm: VmRef, options: { parentPointId: string | n
       startedAt: createdAt.toISOString(),
       resources: [],
     };
-    const staged = new StagedPoint(vm, pointId, options.parentPointId, createdAt, journal, lock);
+    const staged = new StagedPoint(vm, pointId, options.parentPointId, createdAt, journal, lock, options.logger);
     try {
       await mkdir(staged.dir);
     } catch (err) {
@@ -349,7 +364,11 @@ async function readJournal(dir: string): Promise<Journal | undefined> {
  * attachments on Nutanix; the folder is removed only when `cleanup` resolves. Holding the lock guarantees no
  * live attempt owns any of these folders.
  */
-export async function recoverLeftovers(vm: VmRef, cleanup: (leftover: Leftover) => Promise<void>): Promise<LeftoverReport> {
+export async function recoverLeftovers(
+  vm: VmRef,
+  cleanup: (leftover: Leftover) => Promise<void>,
+  options: { logger?: Logger } = {},
+): Promise<LeftoverReport> {
   const dir = vmDir(vm);
   const report: LeftoverReport = { removed: [], kept: [], trashRemoved: 0 };
   if (!(await exists(dir))) return report;
@@ -374,10 +393,12 @@ export async function recoverLeftovers(vm: VmRef, cleanup: (leftover: Leftover) 
       try {
         await cleanup(leftover);
       } catch (error) {
+        options.logger?.warn({ pointId: leftover.pointId, err: error }, 'leftover cleanup failed; staging kept for the next run');
         report.kept.push({ leftover, error });
         continue;
       }
       await rm(path, { recursive: true, force: true });
+      options.logger?.info({ pointId: leftover.pointId, resources: leftover.journal?.resources }, 'leftover of a dead attempt removed');
       report.removed.push(leftover);
     }
     if (report.removed.length || report.trashRemoved) await fsyncPath(dir);
