@@ -48,8 +48,6 @@ export interface PrismRequest<S extends z.ZodType> {
   retrySafe: boolean;
   /** False for calls authenticated by their own header (the CRT cluster JWT cookie). */
   session?: boolean;
-  /** Statuses the caller handles itself (e.g. 404 for "gone"); they return instead of throwing. */
-  acceptStatus?: number[];
   signal?: AbortSignal;
   /** What the call is for, used in error messages ("list VMs"). */
   what: string;
@@ -140,7 +138,7 @@ export class PrismHttp {
         attempt--;
         continue;
       }
-      if ((status >= 200 && status < 300) || req.acceptStatus?.includes(status)) {
+      if (status >= 200 && status < 300) {
         return { status, data: this.parse(req, response), headers: flatHeaders(response) };
       }
       const appErr = this.statusError(req, response);
@@ -149,6 +147,16 @@ export class PrismHttp {
         continue;
       }
       throw appErr;
+    }
+  }
+
+  /** Like request(), but a 404 (the entity is gone or never existed) yields undefined instead of an error. */
+  async requestIfExists<S extends z.ZodType>(req: PrismRequest<S>): Promise<PrismResponse<z.infer<S>> | undefined> {
+    try {
+      return await this.request(req);
+    } catch (err) {
+      if (isAppError(err) && err.code === ErrorCode.NotFound) return undefined;
+      throw err;
     }
   }
 

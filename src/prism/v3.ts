@@ -3,7 +3,7 @@
  * points and CRT (used when the endpoint has no v4, i.e. an older Prism Central or a Prism Element).
  */
 import { setTimeout as sleep } from 'node:timers/promises';
-import { AppError, ErrorCode, abortError } from '../lib/errors.ts';
+import { AppError, ErrorCode, abortError, isAppError } from '../lib/errors.ts';
 import type { Logger } from '../lib/log.ts';
 import type { Region } from '../mover/types.ts';
 import type { PrismHttp } from './http.ts';
@@ -77,16 +77,15 @@ export class V3Backend {
 
   /** The PC version from `GET prism_central`; undefined on a Prism Element, which has no such entity. */
   async prismCentralVersion(signal?: AbortSignal): Promise<string | undefined> {
-    const res = await this.http.request({
+    const res = await this.http.requestIfExists({
       method: 'GET',
       path: `${base}/prism_central`,
       schema: v3PrismCentralSchema.nullish(),
       retrySafe: true,
-      acceptStatus: [404],
       signal,
       what: 'read the Prism Central version',
     });
-    return res.status === 404 ? undefined : (res.data?.resources?.version ?? undefined);
+    return res?.data?.resources?.version ?? undefined;
   }
 
   async listVms(options: { name?: string; signal?: AbortSignal } = {}): Promise<Vm[]> {
@@ -134,18 +133,23 @@ export class V3Backend {
           resources: { entity_uuid: request.vm.uuid },
         },
       });
-      const res = await this.http.request({
-        method: 'POST',
-        path: `${base}/vm_snapshots`,
-        body,
-        schema: v3SnapshotSchema.nullish(),
-        // metadata.uuid makes the create idempotent: a repeat names the same snapshot.
-        retrySafe: true,
-        acceptStatus: [409],
-        signal,
-        what,
-      });
-      const task = taskUuid(res.data?.status?.execution_context?.task_uuid);
+      const created = await this.http
+        .request({
+          method: 'POST',
+          path: `${base}/vm_snapshots`,
+          body,
+          schema: v3SnapshotSchema.nullish(),
+          // metadata.uuid makes the create idempotent: a repeat names the same snapshot.
+          retrySafe: true,
+          signal,
+          what,
+        })
+        .catch((err: unknown) => {
+          // 409: an earlier attempt already created this UUID; waiting for it below is all that is left.
+          if (isAppError(err) && err.code === ErrorCode.Conflict) return undefined;
+          throw err;
+        });
+      const task = taskUuid(created?.data?.status?.execution_context?.task_uuid);
       if (task) await waitForV3Task(this.http, task, what, this.taskWait, signal);
     }
     snapshot = await this.waitForSnapshot(uuid, what, signal);
@@ -174,17 +178,16 @@ export class V3Backend {
 
   async deleteRecoveryPoint(id: string, signal?: AbortSignal): Promise<void> {
     const what = `delete recovery point ${id}`;
-    const res = await this.http.request({
+    const res = await this.http.requestIfExists({
       method: 'DELETE',
       path: `${base}/vm_snapshots/${pathSegment(id)}`,
       schema: v3DeleteResponseSchema,
       // Repeating a delete is harmless: "already gone" (404) counts as deleted.
       retrySafe: true,
-      acceptStatus: [404],
       signal,
       what,
     });
-    if (res.status === 404) return;
+    if (!res) return;
     const task = taskUuid(res.data?.status?.execution_context?.task_uuid);
     if (task) await waitForV3Task(this.http, task, what, this.taskWait, signal);
   }
@@ -254,16 +257,15 @@ export class V3Backend {
   private async reserveUuid(requestId: string, signal?: AbortSignal): Promise<string> {
     const clientIdentifier = `sendense-${idempotencyUuid(requestId)}`;
     const path = `${base}/idempotence_identifiers`;
-    const existing = await this.http.request({
+    const existing = await this.http.requestIfExists({
       method: 'GET',
       path: `${path}/${pathSegment(clientIdentifier)}`,
-      schema: v3IdempotenceIdentifiersSchema.nullish(),
+      schema: v3IdempotenceIdentifiersSchema,
       retrySafe: true,
-      acceptStatus: [404],
       signal,
       what: 'look up idempotence identifier',
     });
-    if (existing.status !== 404 && existing.data) return firstUuid(existing.data.uuid_list);
+    if (existing) return firstUuid(existing.data.uuid_list);
     const created = await this.http.request({
       method: 'POST',
       path,
@@ -278,16 +280,15 @@ export class V3Backend {
   }
 
   private async fetchSnapshot(uuid: string, signal?: AbortSignal): Promise<V3Snapshot | undefined> {
-    const res = await this.http.request({
+    const res = await this.http.requestIfExists({
       method: 'GET',
       path: `${base}/vm_snapshots/${pathSegment(uuid)}`,
-      schema: v3SnapshotSchema.nullish(),
+      schema: v3SnapshotSchema,
       retrySafe: true,
-      acceptStatus: [404],
       signal,
       what: `get recovery point ${uuid}`,
     });
-    return res.status === 404 || !res.data ? undefined : res.data;
+    return res?.data;
   }
 
   /** The snapshot once COMPLETE: task success can precede the entity's state change by a moment. */

@@ -4,7 +4,7 @@
  */
 import { randomUUID } from 'node:crypto';
 import type { z } from 'zod';
-import { AppError, ErrorCode } from '../lib/errors.ts';
+import { AppError, ErrorCode, isAppError } from '../lib/errors.ts';
 import type { Logger } from '../lib/log.ts';
 import type { Region } from '../mover/types.ts';
 import type { PrismHttp } from './http.ts';
@@ -149,13 +149,8 @@ export class V4Backend {
   }
 
   async listRecoveryPoints(options: { vmUuid: string; signal?: AbortSignal }): Promise<RecoveryPoint[]> {
-    const raw = await this.listAll(
-      v4Paths.recoveryPoints,
-      v4RecoveryPointSchema,
-      `list recovery points of VM ${options.vmUuid}`,
-      options.signal,
-      `vmRecoveryPoints/any(v:v/vmExtId eq '${odataString(options.vmUuid)}')`,
-    );
+    // No OData filter on vmRecoveryPoints/vmExtId is documented for dataprotection v4.0: page through all and pick.
+    const raw = await this.listAll(v4Paths.recoveryPoints, v4RecoveryPointSchema, `list recovery points of VM ${options.vmUuid}`, options.signal);
     const mine = raw.filter((p) => p.vmRecoveryPoints?.some((v) => v.vmExtId === options.vmUuid));
     return Promise.all(mine.map((p) => this.toRecoveryPoint(p, options.signal)));
   }
@@ -189,21 +184,23 @@ export class V4Backend {
             }
           : {}),
       });
-      const res = await this.http.request({
-        method: 'POST',
-        baseUrl: session.baseUrl,
-        path,
-        body,
-        // The cluster trusts the JWT from discover-cluster, not the PC session.
-        session: false,
-        headers: { Cookie: `NTNX_IGW_SESSION=${session.jwt}` },
-        schema: v4ListEnvelope(v4ChangedRegionSchema),
-        retrySafe: true,
-        acceptStatus: rediscovered ? [] : [401],
-        signal: request.signal,
-        what,
-      });
-      if (res.status === 401) {
+      let res;
+      try {
+        res = await this.http.request({
+          method: 'POST',
+          baseUrl: session.baseUrl,
+          path,
+          body,
+          // The cluster trusts the JWT from discover-cluster, not the PC session.
+          session: false,
+          headers: { Cookie: `NTNX_IGW_SESSION=${session.jwt}` },
+          schema: v4ListEnvelope(v4ChangedRegionSchema),
+          retrySafe: true,
+          signal: request.signal,
+          what,
+        });
+      } catch (err) {
+        if (rediscovered || !isAppError(err) || err.code !== ErrorCode.Unauthenticated) throw err;
         // The JWT expired between pages: ask PC for a fresh one, once.
         session = await this.discoverCluster(target, reference, request.signal);
         rediscovered = true;
@@ -257,14 +254,10 @@ export class V4Backend {
     let iscsiClientId: string | undefined;
     const release = async (releaseSignal?: AbortSignal): Promise<void> => {
       if (iscsiClientId) {
-        await this.runTask(
-          'POST',
-          `${vgPath}/$actions/detach-iscsi-client`,
-          { extId: iscsiClientId },
-          `release volume group ${vgId}: detach`,
-          releaseSignal,
-          [404],
-        );
+        await this.runTask('POST', `${vgPath}/$actions/detach-iscsi-client`, { extId: iscsiClientId }, `release volume group ${vgId}: detach`, {
+          signal: releaseSignal,
+          goneOk: true,
+        });
       }
       await this.deleteWithEtag(vgPath, `release volume group ${vgId}: delete`, releaseSignal);
     };
@@ -274,9 +267,9 @@ export class V4Backend {
         `${vgPath}/disks`,
         { diskDataSourceReference: { entityType: 'DISK_RECOVERY_POINT', extId: disk.diskRecoveryPointId } },
         `${what}: add disk`,
-        signal,
+        { signal },
       );
-      await this.runTask('POST', `${vgPath}/$actions/attach-iscsi-client`, { iscsiInitiatorName: request.initiatorName }, `${what}: attach iSCSI client`, signal);
+      await this.runTask('POST', `${vgPath}/$actions/attach-iscsi-client`, { iscsiInitiatorName: request.initiatorName }, `${what}: attach iSCSI client`, { signal });
       const { iqn, clientId } = await this.resolveTarget(vgPath, targetName, request.initiatorName, what, signal);
       iscsiClientId = clientId;
       return { kind: 'iscsi', url: `iscsi://${hostForUrl(cluster.dataServicesIp)}:${iscsiPort}/${iqn}/1`, release };
@@ -303,37 +296,43 @@ export class V4Backend {
     return { iqn, clientId: client.extId };
   }
 
-  /** A v4 write answered by a task reference, then awaited. Its fresh NTNX-Request-Id makes resending it safe. */
-  private async runTask(method: 'POST' | 'DELETE', path: string, body: unknown, what: string, signal?: AbortSignal, acceptStatus: number[] = [], headers: Record<string, string> = {}): Promise<void> {
-    const res = await this.http.request({
+  /**
+   * A v4 write answered by a task reference, then awaited. Its fresh NTNX-Request-Id makes resending it safe.
+   * With `goneOk`, a 404 (the entity is already gone) counts as done.
+   */
+  private async runTask(
+    method: 'POST' | 'DELETE',
+    path: string,
+    body: unknown,
+    what: string,
+    options: { signal?: AbortSignal; goneOk?: boolean; headers?: Record<string, string> } = {},
+  ): Promise<void> {
+    const req = {
       method,
       path,
       body,
-      headers: { 'NTNX-Request-Id': randomUUID(), ...headers },
-      schema: v4Envelope(v4TaskReferenceSchema).or(ignoredBodySchema),
+      headers: { 'NTNX-Request-Id': randomUUID(), ...options.headers },
+      schema: v4Envelope(v4TaskReferenceSchema),
       retrySafe: true,
-      acceptStatus,
-      signal,
+      signal: options.signal,
       what,
-    });
-    if (acceptStatus.includes(res.status)) return;
-    const parsed = v4Envelope(v4TaskReferenceSchema).safeParse(res.data);
-    if (!parsed.success) throw new AppError(ErrorCode.BadResponse, `${what}: HTTP ${res.status} without a task reference`);
-    await waitForV4Task(this.http, parsed.data.data.extId, what, this.taskWait, signal);
+    };
+    const res = options.goneOk ? await this.http.requestIfExists(req) : await this.http.request(req);
+    if (res) await waitForV4Task(this.http, res.data.data.extId, what, this.taskWait, options.signal);
   }
 
   /** v4 DELETE needs the entity's current ETag in If-Match: GET first; "already gone" counts as deleted. */
   private async deleteWithEtag(path: string, what: string, signal?: AbortSignal): Promise<void> {
     for (let attempt = 1; ; attempt++) {
-      const current = await this.http.request({ method: 'GET', path, schema: ignoredBodySchema, retrySafe: true, acceptStatus: [404], signal, what });
-      if (current.status === 404) return;
+      const current = await this.http.requestIfExists({ method: 'GET', path, schema: ignoredBodySchema, retrySafe: true, signal, what });
+      if (!current) return;
       const etag = current.headers.etag;
       try {
-        await this.runTask('DELETE', path, undefined, what, signal, [404], etag ? { 'If-Match': etag } : {});
+        await this.runTask('DELETE', path, undefined, what, { signal, goneOk: true, headers: etag ? { 'If-Match': etag } : {} });
         return;
       } catch (err) {
         // 412: the entity changed between GET and DELETE; fetch the new ETag once.
-        if (attempt < 2 && err instanceof AppError && err.code === ErrorCode.Conflict) continue;
+        if (attempt < 2 && isAppError(err) && err.code === ErrorCode.Conflict) continue;
         throw err;
       }
     }
@@ -370,16 +369,15 @@ export class V4Backend {
   }
 
   private async fetchRecoveryPoint(id: string, signal?: AbortSignal): Promise<{ point: V4RecoveryPoint } | undefined> {
-    const res = await this.http.request({
+    const res = await this.http.requestIfExists({
       method: 'GET',
       path: `${v4Paths.recoveryPoints}/${pathSegment(id)}`,
-      schema: v4Envelope(v4RecoveryPointSchema).nullish(),
+      schema: v4Envelope(v4RecoveryPointSchema),
       retrySafe: true,
-      acceptStatus: [404],
       signal,
       what: `get recovery point ${id}`,
     });
-    return res.status === 404 || !res.data ? undefined : { point: res.data.data };
+    return res ? { point: res.data.data } : undefined;
   }
 
   private async toRecoveryPoint(raw: V4RecoveryPoint, signal?: AbortSignal): Promise<RecoveryPoint> {
