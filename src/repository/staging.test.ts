@@ -1,5 +1,5 @@
 import { spawn } from 'node:child_process';
-import { access, readdir, writeFile } from 'node:fs/promises';
+import { access, open, readdir, writeFile } from 'node:fs/promises';
 import { hostname } from 'node:os';
 import { join } from 'node:path';
 import { once } from 'node:events';
@@ -8,7 +8,7 @@ import { vmDir, type VmRef } from './layout.ts';
 import { acquireVmLock } from './lock.ts';
 import { listPoints, listVmPoints } from './points.ts';
 import { beginPoint, recoverLeftovers, type Leftover } from './staging.ts';
-import { MiB, ReferenceDisks, commitTestPoint, tempDir } from './test-repo.ts';
+import { MiB, ReferenceDisks, commitTestPoint, tempDir, vmConfig } from './test-repo.ts';
 
 const nodeBin = join(import.meta.dirname, '../../node_modules/.bin/node');
 
@@ -100,18 +100,31 @@ describe('atomic commit, journal and leftovers', () => {
     expect(await listPoints(vm.repo)).toEqual([]);
   });
 
-  it('refuses to commit while a disk export is still recorded, and without disks', async () => {
-    const reference = new ReferenceDisks(work.path, [16 * MiB]);
-    await reference.create();
+  it('refuses to commit without disks, with an export still recorded, an invalid manifest or a damaged image', async () => {
     const staged = await beginPoint(vm, { parentPointId: null });
-    await expect(
-      staged.commit({ type: 'full', typeReason: 'x', vm: {} as never, consistency: { requested: 'crash', obtained: 'CRASH_CONSISTENT' }, recoveryPoint: { id: 'r', generation: 'v3', disks: [] } }),
-    ).rejects.toMatchObject({ code: 'INTERNAL', message: /no disk was written/ });
+    const request = {
+      type: 'full' as const,
+      typeReason: 'first backup',
+      vm: vmConfig(vm, [16 * MiB]),
+      consistency: { requested: 'crash' as const, obtained: 'CRASH_CONSISTENT' as const },
+      recoveryPoint: { id: 'rp-1', generation: 'v3' as const, disks: [] },
+    };
+    await expect(staged.commit(request)).rejects.toMatchObject({ code: 'INTERNAL', message: /no disk was written/ });
+    const image = await staged.createDiskImage(0, 16 * MiB, { overlay: false });
+    await staged.writeDisk({ index: 0, uuid: 'd0', logicalSizeBytes: 16 * MiB, stats: { logicalBytes: 16 * MiB, changedBytes: 0, transferredBytes: 0, zeroBytes: 0, durationMs: 0, throughputBytesPerSec: 0 }, checksums: [], zeroRanges: [] });
     await staged.addResource({ kind: 'iscsi-attachment', id: 'att-1' });
-    await expect(
-      staged.commit({ type: 'full', typeReason: 'x', vm: {} as never, consistency: { requested: 'crash', obtained: 'CRASH_CONSISTENT' }, recoveryPoint: { id: 'r', generation: 'v3', disks: [] } }),
-    ).rejects.toMatchObject({ code: 'INTERNAL', message: /iscsi-attachment att-1 not released/ });
-    await staged.abort();
+    await expect(staged.commit(request)).rejects.toMatchObject({ code: 'INTERNAL', message: /iscsi-attachment att-1 not released/ });
+    await staged.removeResource('iscsi-attachment', 'att-1');
+    await expect(staged.commit({ ...request, vm: { ...request.vm, memorySizeMib: 1.5 } })).rejects.toMatchObject({ code: 'INVALID_INPUT', message: /memorySizeMib/ });
+    // Point the L1 table past the end of the file: qemu-img check refuses the image.
+    const file = await open(image, 'r+');
+    const l1 = Buffer.alloc(8);
+    l1.writeBigUInt64BE(1n << 40n);
+    await file.write(l1, 0, 8, 40);
+    await file.close();
+    await expect(staged.commit(request)).rejects.toMatchObject({ code: 'INTEGRITY', message: /qemu-img check/ });
+    expect(await staged.abort()).toBe(true);
+    expect(await listPoints(vm.repo)).toEqual([]);
   });
 });
 

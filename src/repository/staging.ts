@@ -39,7 +39,7 @@ import {
   type RecoveryPointRef,
   type VmConfig,
 } from './manifest.ts';
-import { createQcow2, imageInfoChain } from './qemu-img.ts';
+import { checkImage, createQcow2, imageInfoChain } from './qemu-img.ts';
 import { readManifest, type RestorePoint } from './points.ts';
 
 export interface StagedDisk {
@@ -207,6 +207,12 @@ export class StagedPoint {
     const disks = [...this.#disks.values()].sort((a, b) => a.index - b.index);
     if (disks.length === 0) throw new AppError(ErrorCode.Internal, `commit of ${this.pointId}: no disk was written`);
     for (const disk of disks) {
+      const check = await checkImage(join(this.dir, disk.image), request.signal);
+      if (!check.ok) {
+        throw new AppError(ErrorCode.Integrity, `disk ${disk.index}: qemu-img check of the new image fails: ${check.message}`, {
+          hint: 'the image writer produced a damaged qcow2; the point is not committed',
+        });
+      }
       const [top] = await imageInfoChain(join(this.dir, disk.image), request.signal);
       if (top?.['virtual-size'] !== disk.logicalSizeBytes) {
         throw new AppError(ErrorCode.Integrity, `disk ${disk.index}: image is ${top?.['virtual-size']} bytes, expected ${disk.logicalSizeBytes}`);
@@ -218,7 +224,7 @@ export class StagedPoint {
         });
       }
     }
-    const manifest: Manifest = ManifestSchema.parse({
+    const parsed = ManifestSchema.safeParse({
       apiVersion: manifestApiVersion,
       pointId: this.pointId,
       parentPointId: disks.some((d) => d.backingFile !== null) ? this.parentPointId : null,
@@ -231,6 +237,12 @@ export class StagedPoint {
       recoveryPoint: request.recoveryPoint,
       disks,
     } satisfies Manifest);
+    if (!parsed.success) {
+      throw new AppError(ErrorCode.InvalidInput, `commit of ${this.pointId}: the manifest is invalid: ${parsed.error.message}`, {
+        hint: 'pass the VM config, consistency and recovery point as the manifest schema describes (src/repository/manifest.ts)',
+      });
+    }
+    const manifest = parsed.data;
     if ((manifest.type === 'full') !== (manifest.parentPointId === null)) {
       throw new AppError(ErrorCode.Internal, `commit of ${this.pointId}: type ${manifest.type} but ${manifest.parentPointId ? 'disks are overlays' : 'no disk is an overlay'}`);
     }
