@@ -1,0 +1,327 @@
+/**
+ * One backup of one VM: recovery point, per-disk plan, export, copy, atomic commit, then the old base recovery
+ * point is deleted. Every failure path deletes what this attempt created on Nutanix; what cannot be deleted
+ * (Prism unreachable, process killed) stays in the staging journal and the next backup of the VM deletes it.
+ */
+import { randomUUID } from 'node:crypto';
+import { mapBounded } from '../lib/concurrency.ts';
+import { AppError, ErrorCode, isAppError } from '../lib/errors.ts';
+import { createLogger, type Logger } from '../lib/log.ts';
+import { copyDisk } from '../mover/copy-disk.ts';
+import { tuningFor, type StorageTier } from '../mover/tiers.ts';
+import { RegionType, type DiskCopyProgress, type Region } from '../mover/types.ts';
+import type { DiskRecoveryPoint, PrismClient, RecoveryPoint, Vm, VmDisk } from '../prism/types.ts';
+import * as repository from '../repository/index.ts';
+import { judgeObtained, planConsistency, type ConsistencyMode } from './consistency.ts';
+import { serveDiskExport } from './disk-source.ts';
+import { deleteAttemptRecoveryPoints, recoveryPointName, releaseLeftover, sweepStaleRecoveryPoints } from './cleanup.ts';
+
+export const BackupMode = { Auto: 'auto', Full: 'full', Incremental: 'incremental' } as const;
+export type BackupMode = (typeof BackupMode)[keyof typeof BackupMode];
+
+export interface BackupRequest {
+  repo: string;
+  /** VM name or UUID. */
+  vm: string;
+  mode: BackupMode;
+  consistency: ConsistencyMode;
+  /** iSCSI initiator name this host uses for volume-group exports. */
+  initiatorName: string;
+  /** Disks of the VM copied at once. */
+  parallelDisks?: number;
+  tier?: StorageTier;
+  tuning?: { requestSize?: number; inFlight?: number };
+  /** CRT block size asked of Prism (v4: 32-256 KiB). */
+  changedRegionBlockSize?: number;
+  signal?: AbortSignal;
+  logger?: Logger;
+  onProgress?: (event: DiskProgressEvent) => void;
+}
+
+export interface DiskProgressEvent extends DiskCopyProgress {
+  diskIndex: number;
+  phase: 'planning' | 'copying' | 'done';
+}
+
+export interface BackupResult {
+  point: repository.RestorePoint;
+  /** Recovery points of earlier backups deleted on Nutanix after the commit. */
+  deletedBaseRecoveryPoints: string[];
+}
+
+interface DiskOutcome {
+  overlay: boolean;
+  /** Why this disk was copied in full although a base existed. */
+  fullReason?: string;
+}
+
+interface Base {
+  previous: NonNullable<Awaited<ReturnType<typeof repository.previousPoint>>>;
+  recoveryPoint: RecoveryPoint;
+}
+
+export async function backupVm(prism: PrismClient, request: BackupRequest): Promise<BackupResult> {
+  const { signal } = request;
+  const log = request.logger ?? createLogger({ name: 'backup' });
+  const vm = await prism.findVm(request.vm, signal);
+  if (vm.disks.length === 0) {
+    throw new AppError(ErrorCode.InvalidInput, `VM ${vm.name} has no disks to back up`, { hint: 'CD-ROMs and volume-group disks are not backed up' });
+  }
+  const vmRef: repository.VmRef = { repo: request.repo, clusterUuid: vm.cluster.uuid, vmUuid: vm.uuid };
+  await repository.recoverLeftovers(vmRef, (leftover) => releaseLeftover(prism, vm.uuid, leftover, signal), { logger: log });
+
+  const previous = await repository.previousPoint(vmRef);
+  const { base, reason: typeReason } = await chooseBase(prism, request.mode, previous, signal);
+  const consistencyPlan = planConsistency(request.consistency, vm.name, vm.ngt);
+
+  const staged = await repository.beginPoint(vmRef, { parentPointId: base?.previous.pointId ?? null, signal, logger: log });
+  let recoveryPoint: RecoveryPoint | undefined;
+  try {
+    const stale = await sweepStaleRecoveryPoints(prism, vm.uuid, new Set(previous ? [previous.recoveryPoint.id] : []), signal);
+    if (stale.length) log.info({ vm: vm.name, recoveryPoints: stale }, 'deleted stale recovery points of earlier backups');
+    const requestId = randomUUID();
+    await staged.recordRecoveryPointRequest(requestId);
+    recoveryPoint = await prism.createRecoveryPoint({
+      vm,
+      name: recoveryPointName(staged.pointId),
+      consistency: consistencyPlan.request,
+      requestId,
+      signal,
+    });
+    await staged.addResource({ kind: 'recovery-point', id: recoveryPoint.id, detail: { generation: recoveryPoint.generation } });
+    const obtained = judgeObtained(request.consistency, consistencyPlan, recoveryPoint.consistency, vm.name);
+    log.info({ vm: vm.name, recoveryPoint: recoveryPoint.id, consistency: obtained.obtained, reason: obtained.downgradeReason }, 'recovery point created');
+
+    const rp = recoveryPoint;
+    const outcomes = await copyDisks(prism, request, vm, rp, base, staged, log);
+    const overlays = outcomes.filter((o) => o.overlay).length;
+    const fallbacks = outcomes.flatMap((o, i) => (o.fullReason ? [`disk ${vm.disks[i]?.index}: ${o.fullReason}`] : []));
+    const point = await staged.commit({
+      type: overlays > 0 ? 'incremental' : 'full',
+      typeReason: [overlays > 0 ? `incremental on ${base?.previous.pointId}` : typeReason, ...fallbacks].join('; '),
+      vm: vmConfig(vm),
+      consistency: {
+        requested: request.consistency,
+        obtained: obtained.obtained,
+        ...(obtained.downgradeReason ? { reason: obtained.downgradeReason } : {}),
+      },
+      recoveryPoint: {
+        id: rp.id,
+        generation: rp.generation,
+        ...(rp.vmRecoveryPointId ? { vmRecoveryPointId: rp.vmRecoveryPointId } : {}),
+        disks: rp.disks.map((d) => ({ ...d })),
+      },
+      signal,
+    });
+    log.info({ vm: vm.name, point: point.pointId, type: point.manifest.type }, 'restore point committed');
+    return { point, deletedBaseRecoveryPoints: await deleteOldBases(prism, previous, rp.id, log, signal) };
+  } catch (err) {
+    await abortAttempt(prism, vm, staged, recoveryPoint, log);
+    throw err;
+  }
+}
+
+/** Incremental needs the previous point's recovery point to still exist on Nutanix. */
+async function chooseBase(
+  prism: PrismClient,
+  mode: BackupMode,
+  previous: Awaited<ReturnType<typeof repository.previousPoint>>,
+  signal?: AbortSignal,
+): Promise<{ base?: Base; reason: string }> {
+  if (mode === BackupMode.Full) return { reason: 'full backup requested' };
+  const unavailable = (why: string) => {
+    if (mode === BackupMode.Incremental) {
+      throw new AppError(ErrorCode.InvalidInput, `incremental backup impossible: ${why}`, { hint: 'use --mode auto or --mode full' });
+    }
+    return { reason: `${why} → full` };
+  };
+  if (!previous) return unavailable('no previous restore point');
+  const recoveryPoint = await prism.getRecoveryPoint(previous.recoveryPoint.id, signal);
+  if (!recoveryPoint) return unavailable(`base recovery point ${previous.recoveryPoint.id} is gone on Nutanix`);
+  return { base: { previous, recoveryPoint }, reason: `incremental on ${previous.pointId}` };
+}
+
+async function copyDisks(
+  prism: PrismClient,
+  request: BackupRequest,
+  vm: Vm,
+  rp: RecoveryPoint,
+  base: Base | undefined,
+  staged: repository.StagedPoint,
+  log: Logger,
+): Promise<DiskOutcome[]> {
+  // One disk failing stops the others: their partial images are worthless once the point cannot commit.
+  const stop = new AbortController();
+  const signal = request.signal ? AbortSignal.any([request.signal, stop.signal]) : stop.signal;
+  return mapBounded(vm.disks, request.parallelDisks ?? 2, async (disk) => {
+    try {
+      return await copyOneDisk(prism, request, disk, rp, base, staged, log, signal);
+    } catch (err) {
+      stop.abort(err);
+      throw err;
+    }
+  });
+}
+
+function diskRecoveryPointOf(rp: RecoveryPoint, disk: VmDisk): DiskRecoveryPoint {
+  const found = rp.disks.find((d) => d.diskUuid === disk.uuid);
+  if (!found) {
+    throw new AppError(ErrorCode.BadResponse, `recovery point ${rp.id} has no disk recovery point for disk ${disk.uuid}`, {
+      hint: 'the VM changed during the backup; run it again',
+      retryable: true,
+    });
+  }
+  return found;
+}
+
+async function collectRegions(prism: PrismClient, request: Parameters<PrismClient['changedRegions']>[0]): Promise<Region[]> {
+  const regions: Region[] = [];
+  for await (const region of prism.changedRegions(request)) regions.push(region);
+  return regions;
+}
+
+async function planDisk(
+  prism: PrismClient,
+  request: BackupRequest,
+  disk: VmDisk,
+  rp: RecoveryPoint,
+  diskRp: DiskRecoveryPoint,
+  base: Base | undefined,
+  signal: AbortSignal,
+): Promise<{ regions: Region[] } & DiskOutcome> {
+  const blockSize = request.changedRegionBlockSize;
+  const full = async (fullReason?: string) => ({
+    regions: await collectRegions(prism, { recoveryPoint: rp, disk: diskRp, blockSize, signal }),
+    overlay: false,
+    ...(fullReason ? { fullReason } : {}),
+  });
+  if (!base) return full();
+  const previousDisk = base.previous.manifest.disks.find((d) => d.index === disk.index);
+  if (!previousDisk || previousDisk.uuid !== disk.uuid) return full('new disk');
+  if (previousDisk.logicalSizeBytes !== disk.sizeBytes) return full(`disk resized from ${previousDisk.logicalSizeBytes} to ${disk.sizeBytes} bytes`);
+  const baseDisk = base.recoveryPoint.disks.find((d) => d.diskUuid === disk.uuid);
+  if (!baseDisk) return full('base recovery point has no such disk');
+  try {
+    const regions = await collectRegions(prism, {
+      recoveryPoint: rp,
+      disk: diskRp,
+      reference: { recoveryPoint: base.recoveryPoint, disk: baseDisk },
+      blockSize,
+      signal,
+    });
+    return { regions, overlay: true };
+  } catch (err) {
+    if (signal.aborted || (isAppError(err) && err.code === ErrorCode.Aborted)) throw err;
+    return full(`changed-region tracking failed (${err instanceof Error ? err.message : String(err)})`);
+  }
+}
+
+async function copyOneDisk(
+  prism: PrismClient,
+  request: BackupRequest,
+  disk: VmDisk,
+  rp: RecoveryPoint,
+  base: Base | undefined,
+  staged: repository.StagedPoint,
+  log: Logger,
+  signal: AbortSignal,
+): Promise<DiskOutcome> {
+  const report = (phase: DiskProgressEvent['phase'], progress: DiskCopyProgress) =>
+    request.onProgress?.({ diskIndex: disk.index, phase, ...progress });
+  report('planning', { doneBytes: 0, totalBytes: 0, transferredBytes: 0 });
+  const diskRp = diskRecoveryPointOf(rp, disk);
+  const plan = await planDisk(prism, request, disk, rp, diskRp, base, signal);
+  const target = await staged.copyTarget(disk.index, disk.sizeBytes, { overlay: plan.overlay, signal });
+  const tuning = tuningFor(request.tier, request.tuning ?? {});
+
+  const diskExport = await prism.exportDisk({ recoveryPoint: rp, disk: diskRp, initiatorName: request.initiatorName, signal });
+  let result: Awaited<ReturnType<typeof copyDisk>>;
+  try {
+    const server = await serveDiskExport(diskExport, request.initiatorName, signal);
+    try {
+      result = await copyDisk({
+        source: { socketPath: server.socketPath },
+        exportName: server.exportName,
+        regions: plan.regions,
+        sizeBytes: disk.sizeBytes,
+        target,
+        requestSize: tuning.requestSize,
+        inFlight: tuning.inFlight,
+        signal,
+        onProgress: (progress) => report('copying', progress),
+      });
+    } catch (err) {
+      // A dead qemu-nbd explains a broken copy better than the socket error does.
+      const detail = server.stderr().trim();
+      if (detail && isAppError(err) && err.code === ErrorCode.DataPath) {
+        throw new AppError(err.code, `${err.message}; qemu-nbd: ${detail}`, { cause: err, ...(err.hint ? { hint: err.hint } : {}) });
+      }
+      throw err;
+    } finally {
+      await server.stop();
+    }
+  } finally {
+    await diskExport.release();
+  }
+  const zeroRanges = plan.regions.filter((r) => r.type === RegionType.Zeroed).map(({ offset, length }) => ({ offset, length }));
+  await staged.writeDisk({
+    index: disk.index,
+    uuid: disk.uuid,
+    logicalSizeBytes: disk.sizeBytes,
+    stats: result.stats,
+    checksums: result.checksums,
+    zeroRanges,
+  });
+  report('done', { doneBytes: result.stats.changedBytes, totalBytes: result.stats.changedBytes, transferredBytes: result.stats.transferredBytes });
+  log.info({ disk: disk.index, overlay: plan.overlay, fullReason: plan.fullReason, stats: result.stats }, 'disk copied');
+  return plan.fullReason ? { overlay: plan.overlay, fullReason: plan.fullReason } : { overlay: plan.overlay };
+}
+
+/** Deletes this attempt's recovery point and staging; whatever cannot be deleted stays journaled for the next run. */
+async function abortAttempt(prism: PrismClient, vm: Vm, staged: repository.StagedPoint, recoveryPoint: RecoveryPoint | undefined, log: Logger): Promise<void> {
+  // Clean-up must run even when the backup was aborted, but not forever.
+  const cleanupSignal = AbortSignal.timeout(120_000);
+  try {
+    const deleted = await deleteAttemptRecoveryPoints(prism, vm.uuid, staged.pointId, recoveryPoint?.id, cleanupSignal);
+    for (const id of deleted) await staged.removeResource('recovery-point', id);
+  } catch (err) {
+    log.warn({ vm: vm.name, point: staged.pointId, err: err instanceof Error ? err.message : String(err) }, 'recovery point kept in the journal for the next run');
+  }
+  const removed = await staged.abort().catch(() => false);
+  if (!removed) log.warn({ vm: vm.name, point: staged.pointId }, 'staging kept: the next backup of this VM cleans it up');
+}
+
+/** After a commit the previous base is no longer needed: the new recovery point is the next base. */
+async function deleteOldBases(
+  prism: PrismClient,
+  previous: Awaited<ReturnType<typeof repository.previousPoint>>,
+  keepId: string,
+  log: Logger,
+  signal?: AbortSignal,
+): Promise<string[]> {
+  if (!previous || previous.recoveryPoint.id === keepId) return [];
+  try {
+    await prism.deleteRecoveryPoint(previous.recoveryPoint.id, signal);
+    return [previous.recoveryPoint.id];
+  } catch (err) {
+    // The point is committed and safe; the next backup's sweep deletes the stale base.
+    log.warn({ recoveryPoint: previous.recoveryPoint.id, err: err instanceof Error ? err.message : String(err) }, 'old base recovery point not deleted');
+    return [];
+  }
+}
+
+function vmConfig(vm: Vm): repository.VmConfig {
+  return {
+    uuid: vm.uuid,
+    name: vm.name,
+    cluster: vm.cluster,
+    powerState: vm.powerState,
+    ...(vm.numSockets !== undefined ? { numSockets: vm.numSockets } : {}),
+    ...(vm.numVcpusPerSocket !== undefined ? { numVcpusPerSocket: vm.numVcpusPerSocket } : {}),
+    ...(vm.memorySizeMib !== undefined ? { memorySizeMib: vm.memorySizeMib } : {}),
+    ngt: vm.ngt,
+    categories: vm.categories,
+    disks: vm.disks,
+    nics: vm.nics,
+  };
+}
