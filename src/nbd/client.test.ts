@@ -139,6 +139,28 @@ describe('NbdClient against qemu-nbd', () => {
     await expect(startQemuNbd({ image: path.join(dir, 'missing.raw') })).rejects.toThrow(/qemu-nbd exited with code 1.*missing\.raw/s);
   });
 
+  it('qemu-nbd dies with the process that started it, even on SIGKILL', async () => {
+    const { spawn } = await import('node:child_process');
+    const script = `import { startQemuNbd } from ${JSON.stringify(path.resolve('src/nbd/qemu-nbd.ts'))};
+      const s = await startQemuNbd({ image: ${JSON.stringify(image)} }); console.log(s.pid + ' ' + s.socketPath); setInterval(() => {}, 1000);`;
+    const parent = spawn(process.execPath, ['--input-type=module', '-e', script], { stdio: ['ignore', 'pipe', 'inherit'] });
+    const [pidText, socketPath] = await new Promise<string[]>((resolve) => parent.stdout.once('data', (d: Buffer) => resolve(d.toString().trim().split(' '))));
+    const pid = Number(pidText);
+    expect(() => process.kill(pid, 0)).not.toThrow();
+    parent.kill('SIGKILL');
+    let alive = true;
+    for (let i = 0; i < 200 && alive; i++) {
+      await new Promise((r) => setTimeout(r, 10));
+      try {
+        process.kill(pid, 0);
+      } catch {
+        alive = false;
+      }
+    }
+    expect(alive).toBe(false);
+    await rm(path.dirname(socketPath!), { recursive: true, force: true });
+  });
+
   it('works over TCP too', async () => {
     const { spawn } = await import('node:child_process');
     const port = 20000 + (process.pid % 20000);

@@ -71,6 +71,8 @@ const DEFAULT_RECEIVE_BUFFER = 4 * 1024 * 1024;
 /** Largest BLOCK_STATUS span asked at once: the length field is u32, and imageio uses 2 GiB steps too. */
 const MAX_BLOCK_STATUS_SPAN = 2 ** 31;
 const MAX_OPTION_REPLY_BYTES = 64 * 1024;
+/** Payload left in a READ from which the next socket read goes straight into the caller's buffer. */
+const DIRECT_RECEIVE_MIN = 64 * 1024;
 
 const Phase = { Handshake: 0, Transmission: 1, Closed: 2 } as const;
 type Phase = (typeof Phase)[keyof typeof Phase];
@@ -122,9 +124,9 @@ export class NbdClient {
   static async connect(options: NbdConnectOptions): Promise<NbdClient> {
     const { endpoint, signal } = options;
     throwIfAborted(signal, `NBD connect to ${endpointText(endpoint)}`);
-    const conn = new Connection(endpointText(endpoint));
-    const receiveBuffer = Buffer.allocUnsafe(options.receiveBufferBytes ?? DEFAULT_RECEIVE_BUFFER);
-    const onread = { buffer: receiveBuffer, callback: (n: number, buf: Uint8Array) => conn.onBytes(buf as Buffer, n) };
+    const conn = new Connection(endpointText(endpoint), Buffer.allocUnsafe(options.receiveBufferBytes ?? DEFAULT_RECEIVE_BUFFER));
+    // Node asks for the buffer of each socket read: large READ payloads are received straight into the caller's buffer.
+    const onread = { buffer: () => conn.nextReceiveBuffer(), callback: (n: number, buf: Uint8Array) => conn.onBytes(buf as Buffer, n) };
     const socket =
       'socketPath' in endpoint
         ? net.connect({ path: endpoint.socketPath, onread })
@@ -278,8 +280,23 @@ class Connection {
   private targetPos = 0;
   private afterTarget: () => void = () => undefined;
 
-  constructor(name: string) {
+  private readonly receiveBuffer: Buffer;
+  /** The caller's buffer slice the pending socket read writes into, if any. */
+  private direct: Buffer | undefined;
+
+  constructor(name: string, receiveBuffer: Buffer) {
     this.name = name;
+    this.receiveBuffer = receiveBuffer;
+  }
+
+  nextReceiveBuffer(): Buffer {
+    const target = this.current?.target;
+    if (this.phase === Phase.Transmission && this.sink === Sink.Target && target && this.want >= DIRECT_RECEIVE_MIN) {
+      this.direct = target.subarray(this.targetPos, this.targetPos + this.want);
+      return this.direct;
+    }
+    this.direct = undefined;
+    return this.receiveBuffer;
   }
 
   attach(socket: net.Socket): void {
@@ -408,8 +425,11 @@ class Connection {
       if (signal) {
         // The reply still arrives later; the request stays registered but stops touching the caller's buffer.
         const onAbort = () => {
+          const err = abortError(signal, `NBD request to ${this.name}`);
+          // A socket read may already be aimed at the caller's buffer; only closing the socket stops it.
+          if (this.direct && this.current === pending) return this.fail(err);
           pending.target = null;
-          this.settle(pending, abortError(signal, `NBD request to ${this.name}`));
+          this.settle(pending, err);
         };
         signal.addEventListener('abort', onAbort, { once: true });
         pending.detachSignal = () => signal.removeEventListener('abort', onAbort);
@@ -452,7 +472,7 @@ class Connection {
       this.pending.delete(pending.cookie);
     }
     this.handshakeWaiter?.();
-    if (err.code === ErrorCode.Aborted) this.socket?.destroy();
+    if (err.code === ErrorCode.Aborted || this.direct) this.socket?.destroy();
   }
 
   /** `onread` callback: `buf` is the reused receive buffer, valid only during this call. */
@@ -464,7 +484,14 @@ class Connection {
       return true;
     }
     try {
-      this.parse(buf, n);
+      if (this.direct && buf === this.direct) {
+        this.direct = undefined;
+        this.targetPos += n;
+        this.want -= n;
+        if (this.want === 0) this.afterTarget();
+      } else {
+        this.parse(buf, n);
+      }
     } catch (err) {
       const appErr = err instanceof AppError ? err : dataPathError(`NBD reply from ${this.name} could not be parsed`, { cause: err });
       this.fail(appErr);

@@ -3,6 +3,7 @@
  * unix socket, and makes sure it never outlives us: stop(), an abort, or our process exiting kills it.
  */
 import { spawn, type ChildProcess } from 'node:child_process';
+import { existsSync } from 'node:fs';
 import { mkdtemp, rm } from 'node:fs/promises';
 import net from 'node:net';
 import os from 'node:os';
@@ -51,6 +52,7 @@ export interface QemuNbdServer {
 const STDERR_KEEP_BYTES = 8192;
 const STOP_GRACE_MS = 5000;
 const live = new Set<ChildProcess>();
+const SETPRIV = ['/usr/bin/setpriv', '/bin/setpriv'].find((candidate) => existsSync(candidate));
 let exitHookInstalled = false;
 
 function installExitHook(): void {
@@ -73,7 +75,9 @@ export async function startQemuNbd(input: QemuNbdOptions, signal?: AbortSignal):
   else args.push('-f', options.format, options.image);
 
   installExitHook();
-  const child = spawn(options.qemuNbdPath, args, {
+  // setpriv (util-linux) makes the kernel kill qemu-nbd if we die, even by SIGKILL, where no hook runs.
+  const [command, argv] = SETPRIV ? [SETPRIV, ['--pdeathsig', 'SIGKILL', options.qemuNbdPath, ...args]] : [options.qemuNbdPath, args];
+  const child = spawn(command, argv, {
     env: { ...process.env, ...QEMU_NBD_MALLOC_ENV },
     stdio: ['ignore', 'ignore', 'pipe'],
   });
