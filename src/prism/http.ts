@@ -16,9 +16,11 @@ export interface RetryPolicy {
   attempts: number;
   baseDelayMs: number;
   maxDelayMs: number;
+  /** Longest Retry-After / X-Ratelimit-Reset wait honoured inside one call. */
+  maxServerWaitMs: number;
 }
 
-export const defaultRetryPolicy: RetryPolicy = { attempts: 6, baseDelayMs: 200, maxDelayMs: 10_000 };
+export const defaultRetryPolicy: RetryPolicy = { attempts: 6, baseDelayMs: 200, maxDelayMs: 10_000, maxServerWaitMs: 60_000 };
 
 export interface HttpOptions {
   endpoint: string;
@@ -300,8 +302,10 @@ export class PrismHttp {
 
   private async backoff(attempt: number, err: AppError, req: PrismRequest<z.ZodType>): Promise<void> {
     const exp = Math.min(this.retry.maxDelayMs, this.retry.baseDelayMs * 2 ** (attempt - 1));
-    // Full jitter spreads concurrent clients; a server-given wait is a floor.
-    const delay = Math.min(this.retry.maxDelayMs, Math.max(err.retryAfterMs ?? 0, Math.random() * exp));
+    // A server that asks for a long pause gets it from the caller's next reconcile, not from a blocked call.
+    if ((err.retryAfterMs ?? 0) > this.retry.maxServerWaitMs) throw err;
+    // Full jitter spreads concurrent clients; the server-given wait is a floor.
+    const delay = Math.max(err.retryAfterMs ?? 0, Math.random() * exp);
     this.log.info({ what: req.what, code: err.code, attempt, delayMs: Math.round(delay) }, 'retrying prism call');
     try {
       await sleep(delay, undefined, req.signal ? { signal: req.signal } : undefined);
