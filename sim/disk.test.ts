@@ -4,7 +4,7 @@ import { mkdtemp, readFile, rm, stat, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { applyGuestWrites, BlockMap, changedRegions, createDiskFile, freezeDisk, TRACK_BLOCK, type ChangedRegion } from './disk.ts';
+import { applyGuestWrites, BlockMap, changedRegions, createDiskFile, freezeDisk, TRACK_BLOCK, unshareLiveDisk, type ChangedRegion } from './disk.ts';
 
 let dir: string;
 const size = 16 * 1024 * 1024 - 1536;
@@ -73,11 +73,13 @@ describe('guest writes, freeze and changed regions', () => {
     const frozenPath = join(dir, 'snap1');
     const frozen = await freezeDisk(live, map, frozenPath);
     const before = await readFile(live);
+    await unshareLiveDisk(live);
     const written = await applyGuestWrites(live, map, size, 2, 10, 'writes');
     expect(written.length).toBe(Math.round((map.blocks * 10) / 100));
     expect(written.at(-1)?.offset).toBeLessThan(size);
     expect(sha(await readFile(frozenPath))).toBe(sha(before));
     expect((await stat(frozenPath)).mode & 0o777).toBe(0o444);
+    expect((await stat(frozenPath)).ino).not.toBe((await stat(live)).ino);
 
     const after = await readFile(live);
     const regions = all({ map, sizeBytes: size, reference: frozen, startOffset: 0, endOffset: size, alignment: 0 }, 3);

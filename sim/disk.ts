@@ -5,7 +5,7 @@
  */
 import { createCipheriv, createHash } from 'node:crypto';
 import { execFile } from 'node:child_process';
-import { chmod, mkdir, open, readFile, rename, writeFile } from 'node:fs/promises';
+import { chmod, link, mkdir, open, readFile, rename, stat, writeFile } from 'node:fs/promises';
 import { dirname } from 'node:path';
 import { promisify } from 'node:util';
 
@@ -229,6 +229,18 @@ export async function applyGuestWrites(
   return written;
 }
 
+/**
+ * Copy-on-write for the live disk: when a snapshot still shares its inode, the live file is replaced by a sparse
+ * (reflink when the filesystem can) copy before the guest writes, so the snapshot keeps its content.
+ */
+export async function unshareLiveDisk(livePath: string): Promise<void> {
+  if ((await stat(livePath)).nlink <= 1) return;
+  const copy = `${livePath}.cow`;
+  await execFileAsync('cp', ['--reflink=auto', '--sparse=always', livePath, copy]);
+  await chmod(copy, 0o644);
+  await rename(copy, livePath);
+}
+
 /** Grows the disk file (AHV never shrinks a disk). */
 export async function growDiskFile(path: string, map: BlockMap, newSizeBytes: number): Promise<void> {
   const file = await open(path, 'r+');
@@ -240,10 +252,13 @@ export async function growDiskFile(path: string, map: BlockMap, newSizeBytes: nu
   map.resize(newSizeBytes);
 }
 
-/** Freezes the disk: a sparse (reflink when possible) read-only copy of the file and a copy of its map. */
+/**
+ * Freezes the disk in O(1): the snapshot is a hard link to the live file's current inode (read-only), plus a copy
+ * of its map. The copy happens later and only if the guest writes again: see `unshareLiveDisk`.
+ */
 export async function freezeDisk(livePath: string, map: BlockMap, snapshotPath: string): Promise<BlockMap> {
   await mkdir(dirname(snapshotPath), { recursive: true });
-  await execFileAsync('cp', ['--reflink=auto', '--sparse=always', livePath, snapshotPath]);
+  await link(livePath, snapshotPath);
   await chmod(snapshotPath, 0o444);
   const frozen = new BlockMap(map.blocks, map.entries.slice());
   await frozen.save(`${snapshotPath}.map`);

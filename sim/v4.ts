@@ -113,7 +113,7 @@ function list<T>(
     const q = new URLSearchParams(ctx.query);
     q.set('$page', String(p));
     q.set('$limit', String(limit));
-    return `${ctx.path}?${q.toString()}`;
+    return `https://${ctx.headers.host ?? 'localhost'}${ctx.path}?${q.toString()}`;
   };
   const lastPage = Math.max(0, Math.ceil(selected.length / limit) - 1);
   const links = [

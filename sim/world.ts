@@ -12,6 +12,7 @@ import {
   createDiskFile,
   freezeDisk,
   growDiskFile,
+  unshareLiveDisk,
   type WrittenBlock,
 } from './disk.ts';
 import {
@@ -96,6 +97,7 @@ export class World {
     const path = await this.ensureDisk(vm, disk);
     return this.withLock(disk.uuid, async () => {
       const map = await this.mapFor(path);
+      await unshareLiveDisk(path);
       const generation = disk.generation + 1;
       const seedText = `${seed ?? this.state.seed}/${vm.uuid}/${disk.uuid}`;
       const blocks = await applyGuestWrites(path, map, disk.sizeBytes, generation, changedPercent, seedText);
@@ -112,6 +114,7 @@ export class World {
     const path = await this.ensureDisk(vm, disk);
     await this.withLock(disk.uuid, async () => {
       const map = await this.mapFor(path);
+      await unshareLiveDisk(path);
       await growDiskFile(path, map, sizeBytes);
       await map.save(`${path}.map`);
       disk.sizeBytes = sizeBytes;
