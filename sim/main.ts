@@ -226,7 +226,7 @@ async function write(raw: unknown): Promise<void> {
 function main(argv: string[]): void {
   const program = new Command('sendense-nutanix sim').description('Nutanix Prism simulator (v4 + v3, CRT, iSCSI)').showHelpAfterError();
   const fail = (err: unknown): void => {
-    const message = err instanceof z.ZodError ? err.issues.map((i) => `--${i.path.join('.')}: ${i.message}`).join('; ') : err instanceof Error ? err.message : String(err);
+    const message = err instanceof z.ZodError ? err.issues.map((i) => `--${i.path.join('.').replace(/[A-Z]/g, (c) => `-${c.toLowerCase()}`)}: ${i.message}`).join('; ') : err instanceof Error ? err.message : String(err);
     process.stderr.write(`sim: ${message}\n`);
     process.exit(2);
   };
