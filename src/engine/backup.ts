@@ -5,15 +5,14 @@
  */
 import { randomUUID } from 'node:crypto';
 import { mapBounded } from '../lib/concurrency.ts';
-import { AppError, ErrorCode, isAppError } from '../lib/errors.ts';
+import { AppError, ErrorCode } from '../lib/errors.ts';
 import { createLogger, type Logger } from '../lib/log.ts';
-import { copyDisk } from '../mover/copy-disk.ts';
-import { tuningFor, type StorageTier } from '../mover/tiers.ts';
-import { RegionType, type DiskCopyProgress, type Region } from '../mover/types.ts';
-import type { DiskRecoveryPoint, PrismClient, RecoveryPoint, Vm, VmDisk } from '../prism/types.ts';
+import type { StorageTier } from '../mover/tiers.ts';
+import type { PrismClient, RecoveryPoint, Vm, VmDisk } from '../prism/types.ts';
 import * as repository from '../repository/index.ts';
 import { judgeObtained, planConsistency, type ConsistencyMode } from './consistency.ts';
-import { serveDiskExport } from './disk-source.ts';
+import { backupDisk, type DiskProgressEvent } from './disk.ts';
+export type { DiskProgressEvent } from './disk.ts';
 import { deleteAttemptRecoveryPoints, recoveryPointName, releaseLeftover, sweepStaleRecoveryPoints } from './cleanup.ts';
 
 export const BackupMode = { Auto: 'auto', Full: 'full', Incremental: 'incremental' } as const;
@@ -36,11 +35,6 @@ export interface BackupRequest {
   signal?: AbortSignal;
   logger?: Logger;
   onProgress?: (event: DiskProgressEvent) => void;
-}
-
-export interface DiskProgressEvent extends DiskCopyProgress {
-  diskIndex: number;
-  phase: 'planning' | 'copying' | 'done';
 }
 
 export interface BackupResult {
@@ -163,59 +157,6 @@ async function copyDisks(
   });
 }
 
-function diskRecoveryPointOf(rp: RecoveryPoint, disk: VmDisk): DiskRecoveryPoint {
-  const found = rp.disks.find((d) => d.diskUuid === disk.uuid);
-  if (!found) {
-    throw new AppError(ErrorCode.BadResponse, `recovery point ${rp.id} has no disk recovery point for disk ${disk.uuid}`, {
-      hint: 'the VM changed during the backup; run it again',
-      retryable: true,
-    });
-  }
-  return found;
-}
-
-async function collectRegions(prism: PrismClient, request: Parameters<PrismClient['changedRegions']>[0]): Promise<Region[]> {
-  const regions: Region[] = [];
-  for await (const region of prism.changedRegions(request)) regions.push(region);
-  return regions;
-}
-
-async function planDisk(
-  prism: PrismClient,
-  request: BackupRequest,
-  disk: VmDisk,
-  rp: RecoveryPoint,
-  diskRp: DiskRecoveryPoint,
-  base: Base | undefined,
-  signal: AbortSignal,
-): Promise<{ regions: Region[] } & DiskOutcome> {
-  const blockSize = request.changedRegionBlockSize;
-  const full = async (fullReason?: string) => ({
-    regions: await collectRegions(prism, { recoveryPoint: rp, disk: diskRp, blockSize, signal }),
-    overlay: false,
-    ...(fullReason ? { fullReason } : {}),
-  });
-  if (!base) return full();
-  const previousDisk = base.previous.manifest.disks.find((d) => d.index === disk.index);
-  if (!previousDisk || previousDisk.uuid !== disk.uuid) return full('new disk');
-  if (previousDisk.logicalSizeBytes !== disk.sizeBytes) return full(`disk resized from ${previousDisk.logicalSizeBytes} to ${disk.sizeBytes} bytes`);
-  const baseDisk = base.recoveryPoint.disks.find((d) => d.diskUuid === disk.uuid);
-  if (!baseDisk) return full('base recovery point has no such disk');
-  try {
-    const regions = await collectRegions(prism, {
-      recoveryPoint: rp,
-      disk: diskRp,
-      reference: { recoveryPoint: base.recoveryPoint, disk: baseDisk },
-      blockSize,
-      signal,
-    });
-    return { regions, overlay: true };
-  } catch (err) {
-    if (signal.aborted || (isAppError(err) && err.code === ErrorCode.Aborted)) throw err;
-    return full(`changed-region tracking failed (${err instanceof Error ? err.message : String(err)})`);
-  }
-}
-
 async function copyOneDisk(
   prism: PrismClient,
   request: BackupRequest,
@@ -226,55 +167,31 @@ async function copyOneDisk(
   log: Logger,
   signal: AbortSignal,
 ): Promise<DiskOutcome> {
-  const report = (phase: DiskProgressEvent['phase'], progress: DiskCopyProgress) =>
-    request.onProgress?.({ diskIndex: disk.index, phase, ...progress });
-  report('planning', { doneBytes: 0, totalBytes: 0, transferredBytes: 0 });
-  const diskRp = diskRecoveryPointOf(rp, disk);
-  const plan = await planDisk(prism, request, disk, rp, diskRp, base, signal);
-  const target = await staged.copyTarget(disk.index, disk.sizeBytes, { overlay: plan.overlay, signal });
-  const tuning = tuningFor(request.tier, request.tuning ?? {});
-
-  const diskExport = await prism.exportDisk({ recoveryPoint: rp, disk: diskRp, initiatorName: request.initiatorName, signal });
-  let result: Awaited<ReturnType<typeof copyDisk>>;
-  try {
-    const server = await serveDiskExport(diskExport, request.initiatorName, signal);
-    try {
-      result = await copyDisk({
-        source: { socketPath: server.socketPath },
-        exportName: server.exportName,
-        regions: plan.regions,
-        sizeBytes: disk.sizeBytes,
-        target,
-        requestSize: tuning.requestSize,
-        inFlight: tuning.inFlight,
-        signal,
-        onProgress: (progress) => report('copying', progress),
-      });
-    } catch (err) {
-      // A dead qemu-nbd explains a broken copy better than the socket error does.
-      const detail = server.stderr().trim();
-      if (detail && isAppError(err) && err.code === ErrorCode.DataPath) {
-        throw new AppError(err.code, `${err.message}; qemu-nbd: ${detail}`, { cause: err, ...(err.hint ? { hint: err.hint } : {}) });
-      }
-      throw err;
-    } finally {
-      await server.stop();
-    }
-  } finally {
-    await diskExport.release();
-  }
-  const zeroRanges = plan.regions.filter((r) => r.type === RegionType.Zeroed).map(({ offset, length }) => ({ offset, length }));
+  const previousDisk = base?.previous.manifest.disks.find((d) => d.index === disk.index);
+  const result = await backupDisk({
+    prism,
+    recoveryPoint: rp,
+    disk,
+    ...(base && previousDisk ? { base: { recoveryPoint: base.recoveryPoint, diskUuid: previousDisk.uuid, sizeBytes: previousDisk.logicalSizeBytes } } : {}),
+    ...(base && !previousDisk ? { noBaseReason: 'new disk' } : {}),
+    target: (overlay) => staged.copyTarget(disk.index, disk.sizeBytes, { overlay, signal }),
+    initiatorName: request.initiatorName,
+    ...(request.tier ? { tier: request.tier } : {}),
+    ...(request.tuning ? { tuning: request.tuning } : {}),
+    ...(request.changedRegionBlockSize ? { changedRegionBlockSize: request.changedRegionBlockSize } : {}),
+    signal,
+    log,
+    ...(request.onProgress ? { onProgress: request.onProgress } : {}),
+  });
   await staged.writeDisk({
     index: disk.index,
     uuid: disk.uuid,
     logicalSizeBytes: disk.sizeBytes,
     stats: result.stats,
     checksums: result.checksums,
-    zeroRanges,
+    zeroRanges: result.zeroRanges,
   });
-  report('done', { doneBytes: result.stats.changedBytes, totalBytes: result.stats.changedBytes, transferredBytes: result.stats.transferredBytes });
-  log.info({ disk: disk.index, overlay: plan.overlay, fullReason: plan.fullReason, stats: result.stats }, 'disk copied');
-  return plan.fullReason ? { overlay: plan.overlay, fullReason: plan.fullReason } : { overlay: plan.overlay };
+  return result.fullReason ? { overlay: result.overlay, fullReason: result.fullReason } : { overlay: result.overlay };
 }
 
 /** Deletes this attempt's recovery point and staging; whatever cannot be deleted stays journaled for the next run. */

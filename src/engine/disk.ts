@@ -1,0 +1,145 @@
+/**
+ * One disk of one backup: plan (changed regions against the base, or allocated regions for a full), export the
+ * disk recovery point, serve it with qemu-nbd and copy the plan into a QCOW2 image. Shared by the CLI backup
+ * (all disks in one process) and the operator's per-disk export Jobs.
+ */
+import { AppError, ErrorCode, isAppError } from '../lib/errors.ts';
+import type { Logger } from '../lib/log.ts';
+import { copyDisk } from '../mover/copy-disk.ts';
+import { tuningFor, type StorageTier } from '../mover/tiers.ts';
+import { RegionType, type BlockChecksum, type DiskCopyProgress, type DiskCopyStats, type Region } from '../mover/types.ts';
+import type { ChangedRegionsRequest, DiskRecoveryPoint, PrismClient, RecoveryPoint, VmDisk } from '../prism/types.ts';
+import { serveDiskExport } from './disk-source.ts';
+
+export interface DiskProgressEvent extends DiskCopyProgress {
+  diskIndex: number;
+  phase: 'planning' | 'copying' | 'done';
+}
+
+/** Where the image goes: standalone, or an overlay on the previous point's image of the disk. */
+export type DiskTarget = (overlay: boolean) => Promise<{ path: string; backing?: { relativePath: string; sizeBytes: number } }>;
+
+export interface DiskBackupRequest {
+  prism: PrismClient;
+  recoveryPoint: RecoveryPoint;
+  disk: VmDisk;
+  /** The same disk in the previous restore point, whose recovery point still exists. */
+  base?: { recoveryPoint: RecoveryPoint; diskUuid: string; sizeBytes: number };
+  /** Why there is no base although the point is incremental (e.g. "new disk"). */
+  noBaseReason?: string;
+  target: DiskTarget;
+  initiatorName: string;
+  tier?: StorageTier;
+  tuning?: { requestSize?: number; inFlight?: number };
+  /** CRT block size asked of Prism (v4: 32-256 KiB). */
+  changedRegionBlockSize?: number;
+  signal: AbortSignal;
+  log: Logger;
+  onProgress?: (event: DiskProgressEvent) => void;
+}
+
+export interface DiskBackupResult {
+  overlay: boolean;
+  /** Why this disk was copied in full although the point is incremental. */
+  fullReason?: string;
+  stats: DiskCopyStats;
+  checksums: BlockChecksum[];
+  /** The plan's ZEROED ranges, recorded (not transferred) so verify can check they read as zeros. */
+  zeroRanges: { offset: number; length: number }[];
+}
+
+function diskRecoveryPointOf(rp: RecoveryPoint, diskUuid: string): DiskRecoveryPoint {
+  const found = rp.disks.find((d) => d.diskUuid === diskUuid);
+  if (!found) {
+    throw new AppError(ErrorCode.BadResponse, `recovery point ${rp.id} has no disk recovery point for disk ${diskUuid}`, {
+      hint: 'the VM changed during the backup; run it again',
+      retryable: true,
+    });
+  }
+  return found;
+}
+
+/** The whole plan is gathered before copying, so a CRT failure can still turn into a full and progress has a total. */
+async function collectRegions(prism: PrismClient, request: ChangedRegionsRequest): Promise<Region[]> {
+  const regions: Region[] = [];
+  for await (const region of prism.changedRegions(request)) regions.push(region);
+  return regions;
+}
+
+async function planDisk(request: DiskBackupRequest, diskRp: DiskRecoveryPoint): Promise<{ regions: Region[]; overlay: boolean; fullReason?: string }> {
+  const { prism, recoveryPoint, disk, base, signal } = request;
+  const blockSize = request.changedRegionBlockSize;
+  const full = async (fullReason?: string) => ({
+    regions: await collectRegions(prism, { recoveryPoint, disk: diskRp, ...(blockSize ? { blockSize } : {}), signal }),
+    overlay: false,
+    ...(fullReason ? { fullReason } : {}),
+  });
+  if (!base) return full(request.noBaseReason);
+  if (base.diskUuid !== disk.uuid) return full('new disk');
+  if (base.sizeBytes !== disk.sizeBytes) return full(`disk resized from ${base.sizeBytes} to ${disk.sizeBytes} bytes`);
+  const baseDisk = base.recoveryPoint.disks.find((d) => d.diskUuid === disk.uuid);
+  if (!baseDisk) return full('the base recovery point has no such disk');
+  try {
+    const regions = await collectRegions(prism, {
+      recoveryPoint,
+      disk: diskRp,
+      reference: { recoveryPoint: base.recoveryPoint, disk: baseDisk },
+      ...(blockSize ? { blockSize } : {}),
+      signal,
+    });
+    return { regions, overlay: true };
+  } catch (err) {
+    if (signal.aborted || (isAppError(err) && err.code === ErrorCode.Aborted)) throw err;
+    return full(`changed-region tracking failed (${err instanceof Error ? err.message : String(err)})`);
+  }
+}
+
+export async function backupDisk(request: DiskBackupRequest): Promise<DiskBackupResult> {
+  const { prism, recoveryPoint, disk, signal, log } = request;
+  const report = (phase: DiskProgressEvent['phase'], progress: DiskCopyProgress) => request.onProgress?.({ diskIndex: disk.index, phase, ...progress });
+  report('planning', { doneBytes: 0, totalBytes: 0, transferredBytes: 0 });
+  const diskRp = diskRecoveryPointOf(recoveryPoint, disk.uuid);
+  const plan = await planDisk(request, diskRp);
+  const target = await request.target(plan.overlay);
+  const tuning = tuningFor(request.tier, request.tuning ?? {});
+
+  const diskExport = await prism.exportDisk({ recoveryPoint, disk: diskRp, initiatorName: request.initiatorName, signal });
+  let copied: Awaited<ReturnType<typeof copyDisk>>;
+  try {
+    const server = await serveDiskExport(diskExport, request.initiatorName, signal);
+    try {
+      copied = await copyDisk({
+        source: { socketPath: server.socketPath },
+        exportName: server.exportName,
+        regions: plan.regions,
+        sizeBytes: disk.sizeBytes,
+        target,
+        requestSize: tuning.requestSize,
+        inFlight: tuning.inFlight,
+        signal,
+        onProgress: (progress) => report('copying', progress),
+      });
+    } catch (err) {
+      // A dead qemu-nbd explains a broken copy better than the socket error does.
+      const detail = server.stderr().trim();
+      if (detail && isAppError(err) && err.code === ErrorCode.DataPath) {
+        throw new AppError(err.code, `${err.message}; qemu-nbd: ${detail}`, { cause: err, ...(err.hint ? { hint: err.hint } : {}) });
+      }
+      throw err;
+    } finally {
+      await server.stop();
+    }
+  } finally {
+    await diskExport.release();
+  }
+  const { stats, checksums } = copied;
+  report('done', { doneBytes: stats.changedBytes, totalBytes: stats.changedBytes, transferredBytes: stats.transferredBytes });
+  log.info({ disk: disk.index, overlay: plan.overlay, fullReason: plan.fullReason, stats }, 'disk copied');
+  return {
+    overlay: plan.overlay,
+    ...(plan.fullReason ? { fullReason: plan.fullReason } : {}),
+    stats,
+    checksums,
+    zeroRanges: plan.regions.filter((r) => r.type === RegionType.Zeroed).map(({ offset, length }) => ({ offset, length })),
+  };
+}
