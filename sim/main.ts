@@ -89,6 +89,8 @@ async function serve(raw: unknown): Promise<void> {
   const secrets = await credentials(dataDir);
   const tls = await ensureTls(dataDir, listenIp);
   const world = new World(dataDir, state);
+  // A snapshot whose task was cut short by a previous stop never completed: remove it, as its failed task would.
+  for (const unfinished of state.snapshots.filter((s) => s.state !== 'COMPLETE')) await world.deleteSnapshot(unfinished);
   const sim = new Sim(
     {
       dataDir,
