@@ -121,6 +121,7 @@ describe('copyDisk into QCOW2 with real qemu-nbd and qemu-img', () => {
       sizeBytes: SIZE,
       target: { path: target },
       clusterSize: 256 * 1024,
+      direct: false, // the page-cache path, which other filesystems (tmpfs, some NFS) take
     });
     await expectCheckClean(target);
     await expectIdentical(snap.file, target);

@@ -9,13 +9,15 @@
 import { z } from 'zod';
 import { AppError, ErrorCode, abortError, isAppError } from '../lib/errors.ts';
 import { NbdClient, type ByteRange, type NbdEndpoint } from '../nbd/client.ts';
-import { DEFAULT_CLUSTER_SIZE, Qcow2Writer, type Qcow2WriteSummary } from '../qcow2/writer.ts';
+import { DEFAULT_CLUSTER_SIZE, Qcow2Writer, alignedBuffers, type Qcow2WriteSummary } from '../qcow2/writer.ts';
 import { createBlockHasher } from './checksum.ts';
 import { CopyActionKind, planCopy, type CopyAction, type PlanTotals } from './plan.ts';
 import { tierTuning } from './tiers.ts';
 import type { BlockChecksum, DiskCopyProgress, DiskCopyStats, Region } from './types.ts';
 
 export const CHECKSUM_RUN_BYTES = 1024 * 1024;
+/** Image writes in flight: two keep the disk busy while the next buffer is hashed and queued. */
+const WRITE_DEPTH = 2;
 
 export interface CopyDiskOptions {
   source: NbdEndpoint;
@@ -28,6 +30,8 @@ export interface CopyDiskOptions {
   inFlight?: number;
   /** See Qcow2WriterOptions.syncEveryBytes. */
   syncEveryBytes?: number;
+  /** See Qcow2WriterOptions.direct (default true). */
+  direct?: boolean;
   signal?: AbortSignal;
   onProgress?: (progress: DiskCopyProgress) => void;
   progressIntervalMs?: number;
@@ -96,6 +100,7 @@ export async function copyDisk(options: CopyDiskOptions): Promise<DiskCopyResult
       clusterSize,
       backing: backing ? { relativePath: backing.relativePath, format: 'qcow2' } : undefined,
       syncEveryBytes: options.syncEveryBytes,
+      direct: options.direct,
     });
     const totals: PlanTotals = { changedBytes: 0, zeroBytes: 0 };
     const checksums: BlockChecksum[] = [];
@@ -111,7 +116,8 @@ export async function copyDisk(options: CopyDiskOptions): Promise<DiskCopyResult
       options.onProgress({ doneBytes, totalBytes: sizeBytes, transferredBytes });
     };
 
-    const free: Buffer[] = Array.from({ length: inFlight }, () => Buffer.allocUnsafe(requestSize));
+    // Page-aligned so that the writer can use O_DIRECT; reused for the whole copy.
+    const free: Buffer[] = alignedBuffers(inFlight, requestSize);
     const slots: Slot[] = [];
     const activeWriter = writer;
     const hash = await createBlockHasher();
@@ -125,33 +131,45 @@ export async function copyDisk(options: CopyDiskOptions): Promise<DiskCopyResult
       transferredBytes += bytes.length;
     };
 
-    /** Completes the oldest slot: its read, then its write. */
+    /** Writes in progress, oldest first; each frees its buffer when done. */
+    const writing: Array<Promise<void>> = [];
+
+    /**
+     * Completes the oldest slot's read and starts its writes. The writer places clusters when a write is
+     * called, so calls are issued synchronously in guest order while up to WRITE_DEPTH writes run at once.
+     */
     const drain = async () => {
       const slot = slots.shift();
       if (!slot) return;
       const holes = await slot.read;
       const { action, buffer } = slot;
+      const writes: Array<Promise<void>> = [];
       if (action.kind === CopyActionKind.Zero) {
-        await activeWriter.writeZeroes(action.offset, action.length);
+        writes.push(activeWriter.writeZeroes(action.offset, action.length));
       } else if (buffer) {
         const data = buffer.subarray(0, action.length);
         if (holes.length === 0) {
-          await writeRun(action.offset, data);
+          writes.push(writeRun(action.offset, data));
         } else {
           for (const run of clusterRuns(action, holes, clusterSize)) {
             const bytes = data.subarray(run.offset - action.offset, run.offset - action.offset + run.length);
-            if (!run.hole) await writeRun(run.offset, bytes);
+            if (!run.hole) writes.push(writeRun(run.offset, bytes));
             else {
               holeBytes += run.length;
               // A hole in an overlay must still hide the backing data; in a full image it stays unallocated.
-              if (backing) await activeWriter.writeZeroes(run.offset, run.length);
+              if (backing) writes.push(activeWriter.writeZeroes(run.offset, run.length));
             }
           }
         }
-        free.push(buffer);
       }
+      const done = Promise.all(writes).then(() => {
+        if (buffer) free.push(buffer);
+      });
+      done.catch(() => undefined); // observed below or at the end; avoid an unhandled rejection meanwhile
+      writing.push(done);
       doneBytes = action.offset + action.length;
       report(false);
+      while (writing.length > WRITE_DEPTH) await writing.shift();
     };
 
     for await (const action of planCopy(options.regions, { sizeBytes, clusterSize, maxDataBytes: requestSize, overlay: backing !== undefined }, totals)) {
@@ -159,7 +177,7 @@ export async function copyDisk(options: CopyDiskOptions): Promise<DiskCopyResult
       if (action.kind === CopyActionKind.Zero) {
         slots.push({ action, buffer: undefined, read: Promise.resolve([]) });
       } else {
-        while (free.length === 0) await drain();
+        while (free.length === 0) await (slots.length > 0 ? drain() : writing.shift());
         const buffer = free.pop()!;
         const read = client.read(action.offset, action.length, buffer, { signal }).then((r) => r.holes);
         read.catch(() => undefined); // observed by drain(); avoid an unhandled rejection meanwhile
@@ -167,6 +185,7 @@ export async function copyDisk(options: CopyDiskOptions): Promise<DiskCopyResult
       }
     }
     while (slots.length > 0) await drain();
+    await Promise.all(writing);
     if (signal?.aborted) throw abortError(signal, 'copy disk');
     const image = await writer.finalize();
     doneBytes = sizeBytes;
