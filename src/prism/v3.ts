@@ -3,6 +3,7 @@
  * points and CRT (used when the endpoint has no v4, i.e. an older Prism Central or a Prism Element).
  */
 import { setTimeout as sleep } from 'node:timers/promises';
+import type { ZodType } from 'zod';
 import { AppError, ErrorCode, abortError, isAppError } from '../lib/errors.ts';
 import type { Logger } from '../lib/log.ts';
 import type { Region } from '../mover/types.ts';
@@ -237,7 +238,7 @@ export class V3Backend {
   private async listAll<E>(
     endpoint: string,
     request: V3ListRequest,
-    schema: import('zod').ZodType<{ metadata: { total_matches?: number | null }; entities?: E[] | null }>,
+    schema: ZodType<{ metadata: { total_matches?: number | null }; entities?: E[] | null }>,
     what: string,
     signal?: AbortSignal,
   ): Promise<E[]> {

@@ -251,15 +251,21 @@ export class V4Backend {
     const vgTask = await waitForV4Task(this.http, created.data.data.extId, vgWhat, this.taskWait, signal);
     const vgId = createdEntityId(vgTask, 'volumeGroupExtId', 'volumes:config:volume-group', vgWhat);
     const vgPath = `${v4Paths.volumeGroups}/${pathSegment(vgId)}`;
+    let mayBeAttached = false;
     let iscsiClientId: string | undefined;
     const release = async (releaseSignal?: AbortSignal): Promise<void> => {
-      if (iscsiClientId) {
-        await this.runTask('POST', `${vgPath}/$actions/detach-iscsi-client`, { extId: iscsiClientId }, `release volume group ${vgId}: detach`, {
-          signal: releaseSignal,
-          goneOk: true,
-        });
+      if (mayBeAttached) {
+        // Prism refuses to delete a volume group that still has a client attached.
+        iscsiClientId ??= (await this.findIscsiClient(request.initiatorName, `release volume group ${vgId}`, releaseSignal))?.extId ?? undefined;
+        if (iscsiClientId) {
+          await this.runTask('POST', `${vgPath}/$actions/detach-iscsi-client`, { extId: iscsiClientId }, `release volume group ${vgId}: detach`, {
+            signal: releaseSignal,
+            goneOk: true,
+          });
+        }
       }
       await this.deleteWithEtag(vgPath, `release volume group ${vgId}: delete`, releaseSignal);
+      mayBeAttached = false;
     };
     try {
       await this.runTask(
@@ -269,9 +275,19 @@ export class V4Backend {
         `${what}: add disk`,
         { signal },
       );
+      mayBeAttached = true;
       await this.runTask('POST', `${vgPath}/$actions/attach-iscsi-client`, { iscsiInitiatorName: request.initiatorName }, `${what}: attach iSCSI client`, { signal });
-      const { iqn, clientId } = await this.resolveTarget(vgPath, targetName, request.initiatorName, what, signal);
-      iscsiClientId = clientId;
+      const vg = await this.http.request({ method: 'GET', path: vgPath, schema: v4Envelope(v4VolumeGroupSchema), retrySafe: true, signal, what: `${what}: read volume group` });
+      const name = vg.data.data.targetName ?? targetName;
+      const client = await this.findIscsiClient(request.initiatorName, what, signal);
+      iscsiClientId = client?.extId ?? undefined;
+      // The client's targets include this volume group's, named after its targetName.
+      const iqn = client?.attachedTargets?.map((t) => t.iscsiTargetName).find((t): t is string => !!t && t.includes(name));
+      if (!iqn) {
+        throw new AppError(ErrorCode.BadResponse, `${what}: Prism lists no iSCSI target ${name} for initiator ${request.initiatorName}`, {
+          hint: 'check the volume group attachment in Prism',
+        });
+      }
       return { kind: 'iscsi', url: `iscsi://${hostForUrl(cluster.dataServicesIp)}:${iscsiPort}/${iqn}/1`, release };
     } catch (err) {
       await release().catch((cleanupErr: unknown) =>
@@ -281,19 +297,9 @@ export class V4Backend {
     }
   }
 
-  /** The target IQN the initiator now sees for this volume group, and the iSCSI client's id (needed to detach). */
-  private async resolveTarget(vgPath: string, targetName: string, initiatorName: string, what: string, signal?: AbortSignal): Promise<{ iqn: string; clientId: string }> {
-    const vg = await this.http.request({ method: 'GET', path: vgPath, schema: v4Envelope(v4VolumeGroupSchema), retrySafe: true, signal, what: `${what}: read volume group` });
-    const name = vg.data.data.targetName ?? targetName;
+  private async findIscsiClient(initiatorName: string, what: string, signal?: AbortSignal) {
     const clients = await this.listAll(v4Paths.iscsiClients, v4IscsiClientSchema, `${what}: find iSCSI client`, signal, `iscsiInitiatorName eq '${odataString(initiatorName)}'`);
-    const client = clients.find((c) => c.iscsiInitiatorName === initiatorName && c.extId);
-    const iqn = client?.attachedTargets?.map((t) => t.iscsiTargetName).find((t): t is string => !!t && t.includes(name));
-    if (!client?.extId || !iqn) {
-      throw new AppError(ErrorCode.BadResponse, `${what}: Prism lists no iSCSI target ${name} for initiator ${initiatorName}`, {
-        hint: 'check the volume group attachment in Prism',
-      });
-    }
-    return { iqn, clientId: client.extId };
+    return clients.find((c) => c.iscsiInitiatorName === initiatorName && c.extId);
   }
 
   /**
