@@ -50,6 +50,15 @@ describe('faults', () => {
     expect((await call(sim, 'POST', '/api/nutanix/v3/clusters/list', { body: {} })).status).toBe(200);
   });
 
+  it('delays without failing on latency rules; a rule without count lasts until cleared', async () => {
+    await sim.admin.addFaults([{ kind: 'latency', ms: 50, match: { path: '/clusters/list$' }, count: 1 }]);
+    expect((await call(sim, 'POST', '/api/nutanix/v3/clusters/list', { body: {} })).status).toBe(200);
+    await sim.admin.addFaults([{ kind: 'unavailable', match: { method: 'POST', path: '/clusters/list$' } }]);
+    for (let i = 0; i < 3; i++) expect((await call(sim, 'POST', '/api/nutanix/v3/clusters/list', { body: {} })).status).toBe(503);
+    await sim.admin.clearFaults();
+    expect((await call(sim, 'POST', '/api/nutanix/v3/clusters/list', { body: {} })).status).toBe(200);
+  });
+
   it('counts requests per route template', async () => {
     await sim.admin.resetCounters();
     const vms = (await call(sim, 'POST', list, { body: {} })).body as { entities: Array<{ metadata: { uuid: string } }> };

@@ -172,4 +172,25 @@ describe('v3 Prism Element snapshots and changed regions', () => {
     expect(regions).toEqual(expected);
     expect(pages).toBeGreaterThan(1);
   });
+
+  it('grows a disk through the admin API: the VM and the next snapshot show the new size', async () => {
+    const vm = ((await call(sim, 'POST', `${v3}/vms/list`, { body: { filter: 'vm_name==vm-0008' } })).body as { entities: VmEntity[] }).entities[0];
+    await sim.admin.resize('vm-0008', 0, 20 * 1024 * 1024);
+    const after = (await conform('pc', 'GET', '/vms/{uuid}', `/vms/${vm?.metadata.uuid}`)).body as VmEntity & {
+      spec: { resources: { disk_list: Array<{ device_properties: { device_type: string; disk_address: { device_index: number } }; disk_size_bytes?: number }> } };
+    };
+    const disk0 = after.spec.resources.disk_list.find((d) => d.device_properties.device_type === 'DISK' && d.device_properties.disk_address.device_index === 0);
+    expect(disk0?.disk_size_bytes).toBe(20 * 1024 * 1024);
+    expect(after.metadata.spec_version).toBe((vm?.metadata.spec_version ?? 0) + 1);
+    const created = (await call(sim, 'POST', `${v3}/vm_snapshots`, { body: { metadata: { kind: 'vm_snapshot' }, spec: { name: 'grown', resources: { entity_uuid: vm?.metadata.uuid } } } })).body as {
+      metadata: { uuid: string };
+      status: { execution_context: { task_uuid: string } };
+    };
+    await call(sim, 'POST', `${v3}/tasks/poll`, { body: { task_uuid_list: [created.status.execution_context.task_uuid], poll_timeout_seconds: 10 } });
+    const files = ((await call(sim, 'GET', `${v3}/vm_snapshots/${created.metadata.uuid}`)).body as { status: { snapshot_file_list: Array<{ snapshot_file_path: string }> } }).status.snapshot_file_list;
+    const crt = await conform('pe', 'POST', '/data/changed_regions', '/data/changed_regions', { snapshot_file_path: files[0]?.snapshot_file_path, start_offset: 16 * 1024 * 1024 });
+    // The grown tail is a hole: nothing allocated past the old end.
+    expect(crt.body).toMatchObject({ file_size: 20 * 1024 * 1024, region_list: [] });
+    await expect(sim.admin.resize('vm-0008', 0, 1024 * 1024)).rejects.toThrow(/only grow/);
+  });
 });
