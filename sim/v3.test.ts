@@ -19,7 +19,7 @@ async function conform(spec: 'pc' | 'pe', method: string, template: string, path
 
 interface VmEntity {
   metadata: { uuid: string; spec_version: number; entity_version: string; categories: Record<string, string> };
-  spec: { name: string; resources: { disk_list: Array<{ uuid: string; device_properties: { device_type: string; disk_address: { adapter_type: string; device_index: number } } }> } };
+  spec: { name: string; resources: { disk_list: Array<{ uuid: string; disk_size_bytes?: number; device_properties: { device_type: string; disk_address: { adapter_type: string; device_index: number } } }> } };
   status: { execution_context: { task_uuid: unknown }; resources: { guest_tools: { nutanix_guest_tools: { ngt_state: string; is_reachable: boolean } } } };
 }
 
@@ -176,9 +176,7 @@ describe('v3 Prism Element snapshots and changed regions', () => {
   it('grows a disk through the admin API: the VM and the next snapshot show the new size', async () => {
     const vm = ((await call(sim, 'POST', `${v3}/vms/list`, { body: { filter: 'vm_name==vm-0008' } })).body as { entities: VmEntity[] }).entities[0];
     await sim.admin.resize('vm-0008', 0, 20 * 1024 * 1024);
-    const after = (await conform('pc', 'GET', '/vms/{uuid}', `/vms/${vm?.metadata.uuid}`)).body as VmEntity & {
-      spec: { resources: { disk_list: Array<{ device_properties: { device_type: string; disk_address: { device_index: number } }; disk_size_bytes?: number }> } };
-    };
+    const after = (await conform('pc', 'GET', '/vms/{uuid}', `/vms/${vm?.metadata.uuid}`)).body as VmEntity;
     const disk0 = after.spec.resources.disk_list.find((d) => d.device_properties.device_type === 'DISK' && d.device_properties.disk_address.device_index === 0);
     expect(disk0?.disk_size_bytes).toBe(20 * 1024 * 1024);
     expect(after.metadata.spec_version).toBe((vm?.metadata.spec_version ?? 0) + 1);
