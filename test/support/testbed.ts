@@ -250,6 +250,21 @@ const etcdHealth = z.object({ health: z.string() });
 
 async function startLocalCluster(rbac: boolean, signal: AbortSignal): Promise<Testbed> {
   const binaries = await requireTestbedBinaries();
+  for (let attempt = 1; ; attempt++) {
+    try {
+      return await startLocalClusterOnce(binaries, rbac, signal);
+    } catch (err) {
+      // Ports are picked free before etcd and kube-apiserver bind them; another process may take one in between.
+      if (attempt < 3 && err instanceof AppError && err.message.includes('address already in use')) {
+        log.warn({ attempt }, 'test bed: a picked port was taken meanwhile; starting again on other ports');
+        continue;
+      }
+      throw err;
+    }
+  }
+}
+
+async function startLocalClusterOnce(binaries: TestbedBinaries, rbac: boolean, signal: AbortSignal): Promise<Testbed> {
   const started = Date.now();
   const dir = await mkdtemp(join(tmpdir(), 'sendense-testbed-'));
   const processes: ManagedProcess[] = [];
