@@ -52,10 +52,15 @@ const NumbersSchema = z.object({
   backingSizeBytes: z.number().int().positive().optional(),
 });
 
+/**
+ * Work in guest order: a zero action, or a batch of data actions packed back to back into one buffer, all
+ * read at once (small incremental regions share a buffer, so many are in flight and one pwrite covers them).
+ */
 interface Slot {
-  action: CopyAction;
+  actions: CopyAction[];
   buffer: Buffer | undefined;
-  read: Promise<ByteRange[]>;
+  used: number;
+  reads: Array<Promise<ByteRange[]>>;
 }
 
 export async function copyDisk(options: CopyDiskOptions): Promise<DiskCopyResult> {
@@ -122,67 +127,88 @@ export async function copyDisk(options: CopyDiskOptions): Promise<DiskCopyResult
     const activeWriter = writer;
     const hash = await createBlockHasher();
 
-    const writeRun = async (offset: number, bytes: Buffer) => {
-      for (let at = 0; at < bytes.length; at += CHECKSUM_RUN_BYTES) {
-        const piece = bytes.subarray(at, Math.min(bytes.length, at + CHECKSUM_RUN_BYTES));
-        checksums.push({ offset: offset + at, length: piece.length, hash: hash(piece) });
+    const writeRuns = async (runs: Array<{ guestOffset: number; data: Buffer }>) => {
+      for (const { guestOffset, data } of runs) {
+        for (let at = 0; at < data.length; at += CHECKSUM_RUN_BYTES) {
+          const piece = data.subarray(at, Math.min(data.length, at + CHECKSUM_RUN_BYTES));
+          checksums.push({ offset: guestOffset + at, length: piece.length, hash: hash(piece) });
+        }
       }
-      await activeWriter.writeData(offset, bytes);
-      transferredBytes += bytes.length;
+      await activeWriter.writeRuns(runs);
+      transferredBytes += runs.reduce((n, r) => n + r.data.length, 0);
     };
 
     /** Writes in progress, oldest first; each frees its buffer when done. */
     const writing: Array<Promise<void>> = [];
 
     /**
-     * Completes the oldest slot's read and starts its writes. The writer places clusters when a write is
+     * Completes the oldest slot's reads and starts its writes. The writer places clusters when a write is
      * called, so calls are issued synchronously in guest order while up to WRITE_DEPTH writes run at once.
      */
     const drain = async () => {
       const slot = slots.shift();
       if (!slot) return;
-      const holes = await slot.read;
-      const { action, buffer } = slot;
+      const holes = (await Promise.all(slot.reads)).flat();
+      const { buffer } = slot;
       const writes: Array<Promise<void>> = [];
-      if (action.kind === CopyActionKind.Zero) {
-        writes.push(activeWriter.writeZeroes(action.offset, action.length));
-      } else if (buffer) {
-        const data = buffer.subarray(0, action.length);
-        if (holes.length === 0) {
-          writes.push(writeRun(action.offset, data));
-        } else {
-          for (const run of clusterRuns(action, holes, clusterSize)) {
-            const bytes = data.subarray(run.offset - action.offset, run.offset - action.offset + run.length);
-            if (!run.hole) writes.push(writeRun(run.offset, bytes));
-            else {
-              holeBytes += run.length;
-              // A hole in an overlay must still hide the backing data; in a full image it stays unallocated.
-              if (backing) writes.push(activeWriter.writeZeroes(run.offset, run.length));
-            }
+      let runs: Array<{ guestOffset: number; data: Buffer }> = [];
+      const flushRuns = () => {
+        if (runs.length > 0) writes.push(writeRuns(runs));
+        runs = [];
+      };
+      let at = 0;
+      for (const action of slot.actions) {
+        if (action.kind === CopyActionKind.Zero || !buffer) {
+          writes.push(activeWriter.writeZeroes(action.offset, action.length));
+          continue;
+        }
+        const data = buffer.subarray(at, at + action.length);
+        at += action.length;
+        const inAction = holes.filter((h) => h.offset < action.offset + action.length && h.offset + h.length > action.offset);
+        for (const run of inAction.length === 0 ? [{ offset: action.offset, length: action.length, hole: false }] : clusterRuns(action, inAction, clusterSize)) {
+          if (!run.hole) {
+            runs.push({ guestOffset: run.offset, data: data.subarray(run.offset - action.offset, run.offset - action.offset + run.length) });
+            continue;
+          }
+          holeBytes += run.length;
+          // A hole in an overlay must still hide the backing data; in a full image it stays unallocated.
+          if (backing) {
+            flushRuns();
+            writes.push(activeWriter.writeZeroes(run.offset, run.length));
           }
         }
       }
+      flushRuns();
       const done = Promise.all(writes).then(() => {
         if (buffer) free.push(buffer);
       });
       done.catch(() => undefined); // observed below or at the end; avoid an unhandled rejection meanwhile
       writing.push(done);
-      doneBytes = action.offset + action.length;
+      const last = slot.actions.at(-1);
+      if (last) doneBytes = last.offset + last.length;
       report(false);
       while (writing.length > WRITE_DEPTH) await writing.shift();
     };
 
+    let filling: Slot | undefined;
     for await (const action of planCopy(options.regions, { sizeBytes, clusterSize, maxDataBytes: requestSize, overlay: backing !== undefined }, totals)) {
       if (signal?.aborted) throw abortError(signal, 'copy disk');
       if (action.kind === CopyActionKind.Zero) {
-        slots.push({ action, buffer: undefined, read: Promise.resolve([]) });
-      } else {
-        while (free.length === 0) await (slots.length > 0 ? drain() : writing.shift());
-        const buffer = free.pop()!;
-        const read = client.read(action.offset, action.length, buffer, { signal }).then((r) => r.holes);
-        read.catch(() => undefined); // observed by drain(); avoid an unhandled rejection meanwhile
-        slots.push({ action, buffer, read });
+        filling = undefined;
+        slots.push({ actions: [action], buffer: undefined, used: 0, reads: [] });
+        continue;
       }
+      if (!filling || filling.used + action.length > requestSize) {
+        filling = undefined;
+        while (free.length === 0) await (slots.length > 0 ? drain() : writing.shift());
+        filling = { actions: [], buffer: free.pop()!, used: 0, reads: [] };
+        slots.push(filling);
+      }
+      const read = client.read(action.offset, action.length, filling.buffer!, { targetStart: filling.used, signal }).then((r) => r.holes);
+      read.catch(() => undefined); // observed by drain(); avoid an unhandled rejection meanwhile
+      filling.actions.push(action);
+      filling.reads.push(read);
+      filling.used += action.length;
     }
     while (slots.length > 0) await drain();
     await Promise.all(writing);

@@ -149,27 +149,50 @@ export class Qcow2Writer {
   }
 
   /**
-   * Appends guest bytes [guestOffset, guestOffset + data.length). Clusters are placed when the call is made,
-   * so several writes may be in flight as long as the calls come in guest order. guestOffset must be cluster aligned and not
+   * Appends guest bytes [guestOffset, guestOffset + data.length). guestOffset must be cluster aligned and not
    * below anything written before; the length must be whole clusters unless the range ends at the disk end.
+   * Clusters are placed when the call is made, so several writes may be in flight as long as the calls come
+   * in guest order.
    */
   async writeData(guestOffset: number, data: Buffer): Promise<void> {
-    const length = data.length;
-    this.checkRange(guestOffset, length, 'writeData');
+    await this.writeRuns([{ guestOffset, data }]);
+  }
+
+  /**
+   * Appends several guest runs (ascending, same rules as writeData) to consecutive host clusters. Runs that
+   * lie back to back in memory, e.g. small regions packed into one read buffer, go out as one pwrite.
+   */
+  async writeRuns(runs: ReadonlyArray<{ guestOffset: number; data: Buffer }>): Promise<void> {
+    let cursor = this.guestCursor;
+    let clusters = 0;
+    for (const { guestOffset, data } of runs) {
+      this.checkRange(guestOffset, data.length, 'writeData', cursor);
+      cursor = guestOffset + data.length;
+      clusters += Math.ceil(data.length / this.clusterSize);
+    }
+    // Map first (synchronously), so L2 tables flushed in between land after these runs, not inside them.
     const hostStart = this.nextFree;
-    const clusters = Math.ceil(length / this.clusterSize);
-    // Map first (synchronously), so L2 tables flushed in between land after this run, not inside it.
     this.nextFree += clusters * this.clusterSize;
     const pendingL2Writes: Array<Promise<void>> = [];
-    for (let i = 0; i < clusters; i++) {
-      const flushed = this.setL2(guestOffset + i * this.clusterSize, hostStart + i * this.clusterSize, false);
-      if (flushed) pendingL2Writes.push(flushed);
+    const segments: Array<{ data: Buffer; host: number }> = [];
+    let host = hostStart;
+    for (const { guestOffset, data } of runs) {
+      for (let at = 0; at < data.length; at += this.clusterSize) {
+        const flushed = this.setL2(guestOffset + at, host + at, false);
+        if (flushed) pendingL2Writes.push(flushed);
+      }
+      const last = segments.at(-1);
+      if (last && last.data.buffer === data.buffer && last.data.byteOffset + last.data.length === data.byteOffset && last.host + last.data.length === host) {
+        last.data = Buffer.from(data.buffer, last.data.byteOffset, last.data.length + data.length);
+      } else {
+        segments.push({ data, host });
+      }
+      host += Math.ceil(data.length / this.clusterSize) * this.clusterSize;
+      this.guestCursor = guestOffset + data.length;
+      this.bytesSinceSync += data.length;
     }
-    this.guestCursor = guestOffset + length;
     this.dataClusters += clusters;
-    await this.writeDataClusters(data, hostStart);
-    await Promise.all(pendingL2Writes);
-    this.bytesSinceSync += length;
+    await Promise.all([...segments.map((segment) => this.writeDataClusters(segment.data, segment.host)), ...pendingL2Writes]);
     if (this.syncEvery > 0 && this.bytesSinceSync >= this.syncEvery && !this.backgroundSync) {
       this.bytesSinceSync = 0;
       this.backgroundSync = this.file.datasync().finally(() => (this.backgroundSync = undefined));
@@ -225,7 +248,7 @@ export class Qcow2Writer {
     await rm(this.path, { force: true });
   }
 
-  private checkRange(guestOffset: number, length: number, what: string): void {
+  private checkRange(guestOffset: number, length: number, what: string, cursor = this.guestCursor): void {
     this.requireOpen(what);
     const end = guestOffset + length;
     if (guestOffset % this.clusterSize !== 0 || length <= 0 || end > this.sizeBytes || (end % this.clusterSize !== 0 && end !== this.sizeBytes)) {
@@ -233,8 +256,8 @@ export class Qcow2Writer {
         hint: `align ranges to the ${this.clusterSize}-byte cluster size (only the disk's last cluster may be short)`,
       });
     }
-    if (guestOffset < this.guestCursor) {
-      throw new AppError(ErrorCode.Internal, `${what} at ${guestOffset} goes backwards (already written up to ${this.guestCursor})`, {
+    if (guestOffset < cursor) {
+      throw new AppError(ErrorCode.Internal, `${what} at ${guestOffset} goes backwards (already written up to ${cursor})`, {
         hint: 'write clusters in ascending guest order, each cluster once',
       });
     }
