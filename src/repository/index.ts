@@ -23,3 +23,5 @@ export { beginPoint, recoverLeftovers, StagedPoint, type CommitRequest, type Dis
 export { applyRetention, deletePoints, planRetention, type RetentionPlan, type RetentionPolicy } from './retention.ts';
 export { restoreDisk, type RestoreRequest, type RestoreResult } from './restore.ts';
 export { verifyRepository, xxh3Hex, VerifyIssueKind, type VerifyIssue, type VerifyOptions, type VerifyReport } from './verify.ts';
+export { commitSharedPoint, prepareSharedPoint, removeSharedPoint, SharedPoint, type SharedCommitRequest, type SharedPointSpec } from './shared-point.ts';
+export { DiskResultSchema, type DiskResult } from './manifest.ts';

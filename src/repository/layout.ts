@@ -67,3 +67,8 @@ export function diskChecksumsName(index: number): string {
 export function relativeBackingFile(parentPointId: string, index: number): string {
   return `../${parentPointId}/${diskImageName(index)}`;
 }
+
+/** Per-disk result of a multi-process point (one export Job per disk), read by the commit. */
+export function diskResultName(index: number): string {
+  return `disk-${index}.result.json`;
+}

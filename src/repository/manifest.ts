@@ -130,10 +130,22 @@ export const JournalSchema = z.object({
   startedAt: isoTime,
   /** Idempotency key of the recovery point request, recorded before the request so a crash mid-call is covered. */
   recoveryPointRequestId: z.string().optional(),
+  /** Multi-process points (operator export Jobs): the parent the disks chain onto, read back by the commit. */
+  parentPointId: z.string().nullable().optional(),
   /** Things on Nutanix this attempt created and has not released yet. */
   resources: z.array(JournalResourceSchema),
 });
 export type Journal = z.infer<typeof JournalSchema>;
+
+/** What one export Job leaves beside its disk image: the manifest entry plus how the disk was planned. */
+export const diskResultApiVersion = 'sendense.io/disk-result/v1';
+export const DiskResultSchema = ManifestDiskSchema.extend({
+  apiVersion: z.literal(diskResultApiVersion),
+  overlay: z.boolean(),
+  /** Why this disk was copied in full although the point is incremental. */
+  fullReason: z.string().optional(),
+});
+export type DiskResult = z.infer<typeof DiskResultSchema>;
 
 export const ChecksumsHeaderSchema = z.object({
   apiVersion: z.literal(checksumsApiVersion),

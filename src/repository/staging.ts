@@ -78,6 +78,63 @@ async function exists(path: string): Promise<boolean> {
   }
 }
 
+function backingFileOf(pointId: string, parentPointId: string | null, index: number): string {
+  if (parentPointId === null) {
+    throw new AppError(ErrorCode.Internal, `point ${pointId} has no parent; disk ${index} cannot be an overlay`, {
+      hint: 'begin the point with parentPointId to write an incremental',
+    });
+  }
+  return relativeBackingFile(parentPointId, index);
+}
+
+/**
+ * Where the mover writes disk `index` of the staging folder `dir`, in the shape copyDisk's `target` takes:
+ * standalone, or with `overlay` over the parent's image of the same disk, which must exist and have the disk's
+ * size (else the engine falls back to a full backup of that disk).
+ */
+export async function stagedCopyTarget(
+  dir: string,
+  pointId: string,
+  parentPointId: string | null,
+  index: number,
+  sizeBytes: number,
+  options: { overlay: boolean; signal?: AbortSignal },
+): Promise<DiskImageTarget> {
+  const path = join(dir, diskImageName(index));
+  if (!options.overlay) return { path };
+  const relativePath = backingFileOf(pointId, parentPointId, index);
+  const parentImage = join(dir, relativePath);
+  if (!(await exists(parentImage))) {
+    throw new AppError(ErrorCode.Repository, `disk ${index}: parent image ${parentImage} does not exist`, {
+      hint: 'the previous point has no such disk; back this disk up in full',
+    });
+  }
+  const [parentInfo] = await imageInfoChain(parentImage, options.signal);
+  if (parentInfo?.['virtual-size'] !== sizeBytes) {
+    throw new AppError(ErrorCode.Repository, `disk ${index}: parent image is ${parentInfo?.['virtual-size']} bytes, the disk is ${sizeBytes}`, {
+      hint: 'a resized disk needs a full backup',
+    });
+  }
+  return { path, backing: { relativePath, sizeBytes } };
+}
+
+/** Writes the checksum file of a copied disk into the staging folder `dir`; returns its manifest entry. */
+export async function writeStagedDiskFiles(dir: string, disk: StagedDisk): Promise<ManifestDisk> {
+  const checksums = diskChecksumsName(disk.index);
+  await writeChecksumsFile(join(dir, checksums), disk.index, { blocks: disk.checksums, zeroRanges: disk.zeroRanges });
+  return {
+    index: disk.index,
+    uuid: disk.uuid,
+    logicalSizeBytes: disk.logicalSizeBytes,
+    image: diskImageName(disk.index),
+    backingFile: null,
+    stats: disk.stats,
+    checksums,
+    checksummedBlocks: disk.checksums.length,
+    zeroRanges: disk.zeroRanges.length,
+  };
+}
+
 export class StagedPoint {
   readonly vm: VmRef;
   readonly pointId: string;
@@ -90,7 +147,17 @@ export class StagedPoint {
   #finished = false;
   #logger: Logger | undefined;
 
-  constructor(vm: VmRef, pointId: string, parentPointId: string | null, createdAt: Date, journal: Journal, lock: HeldLock, logger?: Logger) {
+  /** `disks`: manifest entries already written by other processes (multi-process staging, see shared-point.ts). */
+  constructor(
+    vm: VmRef,
+    pointId: string,
+    parentPointId: string | null,
+    createdAt: Date,
+    journal: Journal,
+    lock: HeldLock,
+    logger?: Logger,
+    disks: ManifestDisk[] = [],
+  ) {
     this.vm = vm;
     this.pointId = pointId;
     this.parentPointId = parentPointId;
@@ -99,6 +166,7 @@ export class StagedPoint {
     this.#journal = journal;
     this.#lock = lock;
     this.#logger = logger;
+    for (const disk of disks) this.#disks.set(disk.index, disk);
   }
 
   get journal(): Journal {
@@ -112,12 +180,7 @@ export class StagedPoint {
 
   /** The backing file an incremental overlay of disk `index` must name, relative to its folder. */
   backingFileFor(index: number): string {
-    if (this.parentPointId === null) {
-      throw new AppError(ErrorCode.Internal, `point ${this.pointId} has no parent; disk ${index} cannot be an overlay`, {
-        hint: 'begin the point with parentPointId to write an incremental',
-      });
-    }
-    return relativeBackingFile(this.parentPointId, index);
+    return backingFileOf(this.pointId, this.parentPointId, index);
   }
 
   /**
@@ -126,22 +189,7 @@ export class StagedPoint {
    * back to a full backup of that disk).
    */
   async copyTarget(index: number, sizeBytes: number, options: { overlay: boolean; signal?: AbortSignal }): Promise<DiskImageTarget> {
-    const path = this.imagePath(index);
-    if (!options.overlay) return { path };
-    const relativePath = this.backingFileFor(index);
-    const parentImage = join(this.dir, relativePath);
-    if (!(await exists(parentImage))) {
-      throw new AppError(ErrorCode.Repository, `disk ${index}: parent image ${parentImage} does not exist`, {
-        hint: 'the previous point has no such disk; back this disk up in full',
-      });
-    }
-    const [parentInfo] = await imageInfoChain(parentImage, options.signal);
-    if (parentInfo?.['virtual-size'] !== sizeBytes) {
-      throw new AppError(ErrorCode.Repository, `disk ${index}: parent image is ${parentInfo?.['virtual-size']} bytes, the disk is ${sizeBytes}`, {
-        hint: 'a resized disk needs a full backup',
-      });
-    }
-    return { path, backing: { relativePath, sizeBytes } };
+    return stagedCopyTarget(this.dir, this.pointId, this.parentPointId, index, sizeBytes, options);
   }
 
   /** Creates the empty image of disk `index` with qemu-img (for writers that fill an existing image). */
@@ -175,19 +223,7 @@ export class StagedPoint {
   /** Writes the checksum file of a copied disk and remembers its manifest entry. */
   async writeDisk(disk: StagedDisk): Promise<void> {
     this.#assertOpen();
-    const checksums = diskChecksumsName(disk.index);
-    await writeChecksumsFile(join(this.dir, checksums), disk.index, { blocks: disk.checksums, zeroRanges: disk.zeroRanges });
-    this.#disks.set(disk.index, {
-      index: disk.index,
-      uuid: disk.uuid,
-      logicalSizeBytes: disk.logicalSizeBytes,
-      image: diskImageName(disk.index),
-      backingFile: null,
-      stats: disk.stats,
-      checksums,
-      checksummedBlocks: disk.checksums.length,
-      zeroRanges: disk.zeroRanges.length,
-    });
+    this.#disks.set(disk.index, await writeStagedDiskFiles(this.dir, disk));
   }
 
   /**
@@ -361,7 +397,7 @@ export interface LeftoverReport {
   trashRemoved: number;
 }
 
-async function readJournal(dir: string): Promise<Journal | undefined> {
+export async function readJournal(dir: string): Promise<Journal | undefined> {
   try {
     const parsed = JournalSchema.safeParse(JSON.parse(await readFile(join(dir, journalFileName), 'utf8')));
     return parsed.success ? parsed.data : undefined;
@@ -382,41 +418,50 @@ export async function recoverLeftovers(
   options: { logger?: Logger } = {},
 ): Promise<LeftoverReport> {
   const dir = vmDir(vm);
-  const report: LeftoverReport = { removed: [], kept: [], trashRemoved: 0 };
-  if (!(await exists(dir))) return report;
+  if (!(await exists(dir))) return { removed: [], kept: [], trashRemoved: 0 };
   const lock = await acquireVmLock(dir, `cleanup of VM ${vm.vmUuid}`);
   try {
-    // Listed under the lock: an attempt that committed or aborted meanwhile is not mistaken for a leftover.
-    let names: string[];
-    try {
-      names = await readdir(dir);
-    } catch (err) {
-      throw fsError(err, 'list', dir);
-    }
-    for (const name of names) {
-      const path = join(dir, name);
-      if (name.startsWith(trashPrefix)) {
-        await rm(path, { recursive: true, force: true });
-        report.trashRemoved++;
-        continue;
-      }
-      if (!name.startsWith(stagingPrefix)) continue;
-      const leftover: Leftover = { dir: path, pointId: name.slice(stagingPrefix.length), journal: await readJournal(path) };
-      try {
-        await cleanup(leftover);
-      } catch (error) {
-        options.logger?.warn({ pointId: leftover.pointId, err: error }, 'leftover cleanup failed; staging kept for the next run');
-        report.kept.push({ leftover, error });
-        continue;
-      }
-      await rm(path, { recursive: true, force: true });
-      options.logger?.info({ pointId: leftover.pointId, resources: leftover.journal?.resources }, 'leftover of a dead attempt removed');
-      report.removed.push(leftover);
-    }
-    if (report.removed.length || report.trashRemoved) await fsyncPath(dir);
+    return await sweepLeftoversLocked(vm, cleanup, options);
   } finally {
     await lock.release();
   }
-  return report;
 }
 
+/** recoverLeftovers' work, for a caller that already holds the VM lock; `except` names a live staging point to skip. */
+export async function sweepLeftoversLocked(
+  vm: VmRef,
+  cleanup: (leftover: Leftover) => Promise<void>,
+  options: { logger?: Logger; except?: string } = {},
+): Promise<LeftoverReport> {
+  const dir = vmDir(vm);
+  const report: LeftoverReport = { removed: [], kept: [], trashRemoved: 0 };
+  // Listed under the lock: an attempt that committed or aborted meanwhile is not mistaken for a leftover.
+  let names: string[];
+  try {
+    names = await readdir(dir);
+  } catch (err) {
+    throw fsError(err, 'list', dir);
+  }
+  for (const name of names) {
+    const path = join(dir, name);
+    if (name.startsWith(trashPrefix)) {
+      await rm(path, { recursive: true, force: true });
+      report.trashRemoved++;
+      continue;
+    }
+    if (!name.startsWith(stagingPrefix) || name === `${stagingPrefix}${options.except}`) continue;
+    const leftover: Leftover = { dir: path, pointId: name.slice(stagingPrefix.length), journal: await readJournal(path) };
+    try {
+      await cleanup(leftover);
+    } catch (error) {
+      options.logger?.warn({ pointId: leftover.pointId, err: error }, 'leftover cleanup failed; staging kept for the next run');
+      report.kept.push({ leftover, error });
+      continue;
+    }
+    await rm(path, { recursive: true, force: true });
+    options.logger?.info({ pointId: leftover.pointId, resources: leftover.journal?.resources }, 'leftover of a dead attempt removed');
+    report.removed.push(leftover);
+  }
+  if (report.removed.length || report.trashRemoved) await fsyncPath(dir);
+  return report;
+}
