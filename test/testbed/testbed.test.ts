@@ -120,6 +120,23 @@ describe('kubernetes test bed', () => {
     await expect(kubectl('get', 'secrets', '-n', namespace)).rejects.toMatchObject({ stderr: expect.stringContaining('Forbidden') });
   });
 
+  it.skipIf(Boolean(process.env.SENDENSE_E2E_KUBECONFIG))('uses the cluster named by SENDENSE_E2E_KUBECONFIG instead of starting one', async () => {
+    process.env.SENDENSE_E2E_KUBECONFIG = testbed.kubeconfigAdmin;
+    let external: Testbed;
+    try {
+      external = await startTestbed();
+    } finally {
+      delete process.env.SENDENSE_E2E_KUBECONFIG;
+    }
+    expect(external).toMatchObject({ external: true, server: testbed.server, caPem: testbed.caPem, kubeconfigAdmin: testbed.kubeconfigAdmin });
+    const reader = clientsFor(await external.kubeconfigFor('reader', namespace));
+    const review = await reader.authn.createSelfSubjectReview({ body: { apiVersion: 'authentication.k8s.io/v1', kind: 'SelfSubjectReview' } });
+    expect(review.status?.userInfo?.username).toBe(`system:serviceaccount:${namespace}:reader`);
+    // Stopping it leaves the cluster alone: it was not ours to stop.
+    await external.stop();
+    expect((await clientsFor(testbed.kubeconfigAdmin).core.readNamespace({ name: namespace })).metadata?.name).toBe(namespace);
+  });
+
   it('runs the pinned kubectl and helm from the cache', async () => {
     const pinned = /-(v[0-9][^/]*)$/;
     const kubectlVersion = z
