@@ -11,6 +11,7 @@ import path from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { z } from 'zod';
 import { AppError, ErrorCode, abortError } from '../lib/errors.ts';
+import { HandshakeFlag, NbdMagic, NbdOption } from './protocol.ts';
 
 /**
  * glibc thresholds that stop qemu-nbd from mmapping and unmapping a fresh buffer per large request; measured
@@ -150,13 +151,35 @@ export async function startQemuNbd(input: QemuNbdOptions, signal?: AbortSignal):
   };
 }
 
+/**
+ * True once qemu-nbd serves: it greets with NBDMAGIC only after opening the image (the socket itself exists
+ * earlier, even when the open then fails). The probe leaves politely with NBD_OPT_ABORT so that qemu-nbd
+ * logs nothing.
+ */
 function accepts(socketPath: string): Promise<boolean> {
   return new Promise((resolve) => {
     const probe = net.connect({ path: socketPath });
-    probe.once('connect', () => {
-      probe.destroy();
-      resolve(true);
+    let received = Buffer.alloc(0);
+    const done = (ok: boolean) => {
+      probe.removeAllListeners('data');
+      resolve(ok);
+    };
+    probe.on('data', (chunk: Buffer) => {
+      received = Buffer.concat([received, chunk]);
+      if (received.length < 18) return;
+      const greeted = received.readBigUInt64BE(0) === NbdMagic.Init;
+      if (greeted) {
+        const bye = Buffer.alloc(4 + 16);
+        bye.writeUInt32BE(HandshakeFlag.FixedNewstyle, 0);
+        bye.writeBigUInt64BE(NbdMagic.Opt, 4);
+        bye.writeUInt32BE(NbdOption.Abort, 12);
+        probe.end(bye);
+      } else {
+        probe.destroy();
+      }
+      done(greeted);
     });
-    probe.once('error', () => resolve(false));
+    probe.once('error', () => done(false));
+    probe.once('close', () => done(false));
   });
 }
