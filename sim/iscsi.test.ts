@@ -4,7 +4,7 @@ import { promisify } from 'node:util';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { z } from 'zod';
 import { startSim, type RunningSim } from '../test/support/sim.ts';
-import { apiResponse, recoveryPointSchema, taskReferenceSchema, volumeDiskSchema, volumeGroupSchema } from './schemas/v4.ts';
+import { apiResponse, iscsiClientSchema, recoveryPointSchema, taskReferenceSchema, volumeDiskSchema, volumeGroupSchema } from './schemas/v4.ts';
 import { call, waitV4Task } from './testkit.ts';
 
 const execFileAsync = promisify(execFile);
@@ -65,7 +65,12 @@ describe('iSCSI export of a disk recovery point', () => {
     await expect(execFileAsync('qemu-io', ['-f', 'raw', '-c', 'write 0 4k', url])).rejects.toThrow(/write protected|Permission|read-only/i);
     expect((await sim.admin.state()).iscsiTargets.map((t) => t.iqn)).toEqual([`iqn.2010-06.com.nutanix:${vg.targetName}`]);
 
-    await task('POST', `${vol}/${vgId}/$actions/detach-iscsi-client`, { iscsiInitiatorName: qemuInitiator });
+    // The initiator is now an iSCSI client whose attachedTargets name the target; detach goes by its extId (SDK shape).
+    const clients = apiResponse(z.array(iscsiClientSchema)).parse(
+      (await call(sim, 'GET', `/api/volumes/v4.0/config/iscsi-clients?$filter=${encodeURIComponent(`iscsiInitiatorName eq '${qemuInitiator}'`)}`)).body,
+    ).data;
+    expect(clients.map((c) => c.attachedTargets.map((t) => t.iscsiTargetName))).toEqual([[`iqn.2010-06.com.nutanix:${vg.targetName}`]]);
+    await task('POST', `${vol}/${vgId}/$actions/detach-iscsi-client`, { extId: clients[0]?.extId });
     expect((await sim.admin.state()).iscsiTargets).toEqual([]);
     await expect(execFileAsync('qemu-img', ['info', url])).rejects.toThrow();
 

@@ -336,6 +336,26 @@ function targetName(vg: VolumeGroup): string {
   return `${vg.name.toLowerCase().replace(/[^a-z0-9.-]/g, '-')}-${vg.uuid}`;
 }
 
+/** An initiator becomes an iSCSI client entity (volumes IscsiClient) on first attach; its extId is stable. */
+export function iscsiClientExtId(initiatorName: string): string {
+  const h = createHash('sha256').update(`iscsi-client/${initiatorName}`).digest('hex');
+  return `${h.slice(0, 8)}-${h.slice(8, 12)}-4${h.slice(13, 16)}-9${h.slice(17, 20)}-${h.slice(20, 32)}`;
+}
+
+function renderIscsiClient(sim: Sim, initiatorName: string): Record<string, unknown> {
+  return {
+    $objectType: 'volumes.v4.config.IscsiClient',
+    $reserved: reserved,
+    extId: iscsiClientExtId(initiatorName),
+    iscsiInitiatorName: initiatorName,
+    enabledAuthentications: 'NONE',
+    clusterReference: sim.world.state.clusters.find((c) => !c.isPrismCentral)?.uuid,
+    attachedTargets: sim.world.state.volumeGroups
+      .filter((vg) => vg.initiators.includes(initiatorName))
+      .map((vg) => ({ $objectType: 'volumes.v4.config.TargetParam', iscsiTargetName: iqnOf(vg), numVirtualTargets: 1 })),
+  };
+}
+
 function vgEtag(vg: VolumeGroup): string {
   return etagOf('vg', vg.uuid, vg.specVersion);
 }
@@ -782,9 +802,11 @@ export function v4Routes(sim: Sim): Route[] {
         if (!vg) return vgNotFound(ctx.params.extId ?? '');
         const parsed = parse('volumes', iscsiClientSchema, ctx.body);
         if (!parsed.ok) return parsed.reply;
-        const initiator = parsed.value.iscsiInitiatorName ?? parsed.value.extId;
+        // The SDK detaches by IscsiClientAttachment {extId} (the iSCSI client's extId); an initiator name works too.
+        const initiator = parsed.value.iscsiInitiatorName ?? vg.initiators.find((name) => iscsiClientExtId(name) === parsed.value.extId);
+        if (!initiator) return v4Error('volumes', 404, 'VOLUMES-30102', 'ISCSI_CLIENT_NOT_ATTACHED', `iSCSI client '${parsed.value.extId ?? ''}' is not attached to volume group '${vg.uuid}'.`);
         return vgTask(ctx, 'DetachIscsiClient', vg, async () => {
-          vg.initiators = initiator ? vg.initiators.filter((i) => i !== initiator) : [];
+          vg.initiators = vg.initiators.filter((i) => i !== initiator);
           await exportVg(vg);
         });
       },
@@ -796,11 +818,30 @@ export function v4Routes(sim: Sim): Route[] {
       handler: (ctx) => {
         const vg = world.state.volumeGroups.find((v) => v.uuid === ctx.params.extId);
         if (!vg) return vgNotFound(ctx.params.extId ?? '');
-        return list(ctx, 'volumes', 'volumes.v4.config.ListExternalIscsiAttachmentsApiResponse', vg.initiators, (name) => ({ name }), (name) => ({
+        return list(ctx, 'volumes', 'volumes.v4.config.ListExternalIscsiAttachmentsApiResponse', vg.initiators, (name) => ({ extId: iscsiClientExtId(name) }), (name) => ({
           $objectType: 'volumes.v4.config.IscsiClientAttachment',
-          extId: createHash('sha256').update(name).digest('hex').slice(0, 32),
-          iscsiInitiatorName: name,
+          extId: iscsiClientExtId(name),
+          clusterReference: world.state.clusters.find((c) => !c.isPrismCentral)?.uuid,
         }));
+      },
+    },
+    {
+      method: 'GET',
+      template: '/api/volumes/v4.0/config/iscsi-clients',
+      access: 'protected',
+      handler: (ctx) => {
+        const names = [...new Set(world.state.volumeGroups.flatMap((vg) => vg.initiators))].sort();
+        return list(ctx, 'volumes', 'volumes.v4.config.ListIscsiClientsApiResponse', names, (name) => ({ extId: iscsiClientExtId(name), iscsiInitiatorName: name }), (name) => renderIscsiClient(sim, name));
+      },
+    },
+    {
+      method: 'GET',
+      template: '/api/volumes/v4.0/config/iscsi-clients/{extId}',
+      access: 'protected',
+      handler: (ctx) => {
+        const name = world.state.volumeGroups.flatMap((vg) => vg.initiators).find((n) => iscsiClientExtId(n) === ctx.params.extId);
+        if (!name) return v4Error('volumes', 404, 'VOLUMES-30103', 'ISCSI_CLIENT_NOT_FOUND', `iSCSI client with extId '${ctx.params.extId}' is not found.`);
+        return ok('volumes.v4.config.GetIscsiClientApiResponse', renderIscsiClient(sim, name), { ETag: etagOf('iscsi-client', ctx.params.extId ?? '') });
       },
     },
   ];

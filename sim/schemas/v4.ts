@@ -210,6 +210,14 @@ export const volumeDiskSchema = base('volumes.v4.config.VolumeDisk', {
   diskDataSourceReference: base('common.v1.config.EntityReference', { entityType: z.literal('DISK_RECOVERY_POINT'), extId: uuid }),
 });
 
+export const iscsiClientSchema = base('volumes.v4.config.IscsiClient', {
+  extId: uuid,
+  iscsiInitiatorName: z.string(),
+  enabledAuthentications: z.enum(['CHAP', 'NONE']),
+  clusterReference: uuid,
+  attachedTargets: z.array(base('volumes.v4.config.TargetParam', { iscsiTargetName: z.string(), numVirtualTargets: z.number().int() })),
+});
+
 // ---- errors -------------------------------------------------------------------------------------------------
 
 /** The v4 ErrorResponse as recorded from a real PC (vmm 404), for any namespace. */
