@@ -86,6 +86,10 @@ describe('kubernetes test bed', () => {
     expect(review.status?.userInfo?.username).toBe(`system:serviceaccount:${namespace}:reader`);
   });
 
+  it('honours an AbortSignal on its API calls', async () => {
+    await expect(testbed.kubeconfigFor('reader', namespace, { signal: AbortSignal.abort() })).rejects.toMatchObject({ name: 'AbortError' });
+  });
+
   it('lets the ServiceAccount do what its Role allows and answers 403 to everything else', async () => {
     const reader = clientsFor(await testbed.kubeconfigFor('reader', namespace));
 
