@@ -7,6 +7,7 @@
  *   node bench/datapath.ts [--size 4GiB] [--runs 3] [--dir DIR] [--sweep]
  */
 import { execFile, spawn } from 'node:child_process';
+import { readFileSync } from 'node:fs';
 import { mkdtemp, rm, stat } from 'node:fs/promises';
 import os from 'node:os';
 import path from 'node:path';
@@ -39,16 +40,30 @@ const sizeBytes = parseSize(args.size, '--size');
 interface Row {
   name: string;
   seconds: number[];
+  cpuSeconds: number[];
   dataBytes: number;
+}
+
+/** utime+stime (+ reaped children's) of a process, in seconds, from /proc: CPU cost is stable on a busy host. */
+function cpuOf(pid: number | 'self'): number {
+  const fields = readFileSync(`/proc/${pid}/stat`, 'utf8').split(') ')[1]!.split(' ');
+  const ticks = [11, 12, 13, 14].reduce((n, i) => n + Number(fields[i]), 0);
+  return ticks / 100;
 }
 
 const median = (xs: number[]) => [...xs].sort((a, b) => a - b)[Math.floor(xs.length / 2)]!;
 
+let sourcePid = 0;
+let lastCpu = 0;
+/** Wall seconds of fn; its CPU seconds (ours, children, source qemu-nbd) are left in lastCpu. */
 async function timed(fn: () => Promise<unknown>): Promise<number> {
   await run('sync');
+  const cpu0 = cpuOf('self') + cpuOf(sourcePid);
   const t0 = performance.now();
   await fn();
-  return (performance.now() - t0) / 1000;
+  const wall = (performance.now() - t0) / 1000;
+  lastCpu = cpuOf('self') + cpuOf(sourcePid) - cpu0;
+  return wall;
 }
 
 async function sh(cmd: string, argv: string[], env?: Record<string, string>): Promise<void> {
@@ -77,12 +92,13 @@ try {
   console.error(`generating ${args.size} sample disk in ${dir} …`);
   const layout = await createSampleDisk(raw, { sizeBytes, seed: 'bench', unitBytes: MiB, maxRunUnits: 16 });
   const server = await startQemuNbd({ image: raw, format: 'raw', shared: 8 });
+  sourcePid = server.pid;
   const regions = await allocatedRegions(server);
   const dataBytes = regions.filter((r) => r.type === RegionType.Regular).reduce((n, r) => n + r.length, 0);
   console.error(`data ${(dataBytes / GiB).toFixed(2)} GiB of ${(sizeBytes / GiB).toFixed(2)} GiB; ${os.cpus().length} cpus, ${os.cpus()[0]?.model}`);
   const src = `nbd+unix:///?socket=${server.socketPath}`;
 
-  const ours = (opts: { clusterSize?: number; requestSize?: number; inFlight?: number; syncEveryBytes?: number } = {}) => async () => {
+  const ours = (opts: { clusterSize?: number; requestSize?: number; inFlight?: number; syncEveryBytes?: number; direct?: boolean } = {}) => async () => {
     await rm(out, { force: true });
     return timed(() => copyDisk({ source: { socketPath: server.socketPath }, regions, sizeBytes, target: { path: out }, ...opts }));
   };
@@ -124,21 +140,21 @@ try {
     ['dd oflag=direct of the data bytes', ddDirect],
   ];
   if (args.sweep) {
-    for (const [requestSize, inFlight] of [[1, 1], [2, 1], [1, 4], [2, 2], [2, 4], [4, 2], [8, 2]] as const) {
+    for (const [requestSize, inFlight] of [[1, 2], [2, 2], [4, 2], [1, 4], [4, 4], [8, 2]] as const) {
       contenders.push([`ours R${inFlight} × ${requestSize} MiB`, ours({ requestSize: requestSize * MiB, inFlight })]);
     }
     contenders.push(['ours cluster 1 MiB', ours({ clusterSize: MiB })]);
     contenders.push(['ours cluster 256 KiB', ours({ clusterSize: 256 * 1024 })]);
-    contenders.push(['ours no background sync', ours({ syncEveryBytes: 0 })]);
-    contenders.push(['ours background sync every 64 MiB', ours({ syncEveryBytes: 64 * MiB })]);
-    contenders.push(['ours background sync every 1 GiB', ours({ syncEveryBytes: GiB })]);
+    contenders.push(['ours page cache (no O_DIRECT)', ours({ direct: false })]);
+    contenders.push(['ours page cache, no background sync', ours({ direct: false, syncEveryBytes: 0 })]);
   }
-  const rows: Row[] = contenders.map(([name]) => ({ name, seconds: [], dataBytes }));
+  const rows: Row[] = contenders.map(([name]) => ({ name, seconds: [], cpuSeconds: [], dataBytes }));
   for (let r = 0; r < args.runs; r++) {
     for (const [i, [name, fn]] of contenders.entries()) {
       const s = await fn();
       rows[i]!.seconds.push(s);
-      console.error(`run ${r + 1}: ${name}: ${s.toFixed(3)} s`);
+      rows[i]!.cpuSeconds.push(lastCpu);
+      console.error(`run ${r + 1}: ${name}: ${s.toFixed(3)} s, cpu ${lastCpu.toFixed(2)} s, load ${os.loadavg()[0]!.toFixed(1)}`);
     }
   }
 
@@ -155,6 +171,7 @@ try {
   const changedBytes = changed.reduce((n, r) => n + r.length, 0);
   const incr = path.join(dir, 'incr.qcow2');
   const incSeconds: number[] = [];
+  const incCpu: number[] = [];
   let transferred = 0;
   for (let r = 0; r < args.runs; r++) {
     await rm(incr, { force: true });
@@ -164,10 +181,11 @@ try {
         transferred = res.stats.transferredBytes;
       }),
     );
+    incCpu.push(lastCpu);
   }
   await sh('qemu-img', ['check', '-q', incr]);
   await sh('qemu-img', ['compare', '-q', '-f', 'raw', '-F', 'qcow2', raw, incr]);
-  rows.push({ name: `ours incremental, 5 % in 64 KiB blocks (${changed.length} regions)`, seconds: incSeconds, dataBytes: changedBytes });
+  rows.push({ name: `ours incremental, 5 % in 64 KiB blocks (${changed.length} regions)`, seconds: incSeconds, cpuSeconds: incCpu, dataBytes: changedBytes });
   await server.stop();
 
   const ddMedian = median(rows.find((r) => r.name.startsWith('dd'))!.seconds);
@@ -177,6 +195,7 @@ try {
     return {
       name: row.name,
       medianSeconds: Number(s.toFixed(3)),
+      medianCpuSeconds: Number(median(row.cpuSeconds).toFixed(2)),
       logicalGiBps: row.name.startsWith('dd') ? null : Number((sizeBytes / GiB / s).toFixed(2)),
       dataGiBps: Number((row.dataBytes / GiB / s).toFixed(2)),
       vsOurs: Number((s / oursMedian).toFixed(2)),
@@ -184,9 +203,10 @@ try {
       runs: row.seconds.map((x) => Number(x.toFixed(3))),
     };
   });
-  console.log('| contender | median s | GiB/s logical | GiB/s data | time vs ours | data rate vs dd |');
-  console.log('|---|---|---|---|---|---|');
-  for (const t of table) console.log(`| ${t.name} | ${t.medianSeconds} | ${t.logicalGiBps ?? '-'} | ${t.dataGiBps} | ${t.vsOurs} | ${t.ofDiskLimit} |`);
+  console.log(`load average at the end: ${os.loadavg().map((x) => x.toFixed(1)).join(' ')}`);
+  console.log('| contender | median s | CPU s (all processes) | GiB/s logical | GiB/s data | time vs ours | data rate vs dd |');
+  console.log('|---|---|---|---|---|---|---|');
+  for (const t of table) console.log(`| ${t.name} | ${t.medianSeconds} | ${t.medianCpuSeconds} | ${t.logicalGiBps ?? '-'} | ${t.dataGiBps} | ${t.vsOurs} | ${t.ofDiskLimit} |`);
   console.log(
     JSON.stringify(
       { machine: { cpus: os.cpus().length, model: os.cpus()[0]?.model, memGiB: Math.round(os.totalmem() / GiB) }, sizeBytes, dataBytes: layout.dataBytes, allocatedBytes: dataBytes, incremental: { changedBytes, transferredBytes: transferred }, results: table },
