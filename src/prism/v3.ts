@@ -91,7 +91,8 @@ export class V3Backend {
 
   async listVms(options: { name?: string; signal?: AbortSignal } = {}): Promise<Vm[]> {
     const request: V3ListRequest = { kind: 'vm' };
-    if (options.name !== undefined) request.filter = `vm_name==${fiqlValue(options.name)}`;
+    // FIQL has no documented escaping: names with its reserved characters are matched here, not by Prism.
+    if (options.name !== undefined && !/[,;()'"\\=!<>~*]/.test(options.name)) request.filter = `vm_name==${options.name}`;
     const entities = await this.listAll('vms/list', request, v3VmListSchema, 'list VMs', options.signal);
     const vms = entities.map(toVm);
     // FIQL `==` on names is not an exact match on every Prism version.
@@ -298,7 +299,7 @@ export class V3Backend {
     for (let delay = this.taskWait.pollMs; ; delay = Math.min(this.taskWait.maxPollMs, delay * 2)) {
       const snapshot = await this.fetchSnapshot(uuid, signal);
       const state = snapshot?.status?.state;
-      if (snapshot && (state === 'COMPLETE' || (state === undefined && snapshot.status?.snapshot_file_list))) return snapshot;
+      if (snapshot && (state === 'COMPLETE' || (state == null && snapshot.status?.snapshot_file_list))) return snapshot;
       if (state === 'ERROR') {
         const detail = snapshot?.status?.message_list?.map((m) => m.message).filter(Boolean).join('; ') || 'state ERROR';
         throw new AppError(ErrorCode.TaskFailed, `${what}: ${detail}`);
@@ -319,11 +320,6 @@ function firstUuid(list: string[]): string {
   const uuid = list[0];
   if (!uuid) throw new AppError(ErrorCode.BadResponse, 'idempotence identifiers: empty uuid_list');
   return uuid;
-}
-
-/** FIQL reserves , ; ( ) and quotes: escape them in a literal name. */
-function fiqlValue(value: string): string {
-  return value.replace(/([,;()'"\\])/g, (c) => `%${c.charCodeAt(0).toString(16).toUpperCase().padStart(2, '0')}`);
 }
 
 function taskUuid(value: string | string[] | null | undefined): string | undefined {
