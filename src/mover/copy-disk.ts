@@ -204,7 +204,8 @@ export async function copyDisk(options: CopyDiskOptions): Promise<DiskCopyResult
         filling = { actions: [], buffer: free.pop()!, used: 0, reads: [] };
         slots.push(filling);
       }
-      const read = client.read(action.offset, action.length, filling.buffer!, { targetStart: filling.used, signal }).then((r) => r.holes);
+      // No per-read signal: the connection was opened with it, and an abort fails every read at once.
+      const read = client.read(action.offset, action.length, filling.buffer!, { targetStart: filling.used }).then((r) => r.holes);
       read.catch(() => undefined); // observed by drain(); avoid an unhandled rejection meanwhile
       filling.actions.push(action);
       filling.reads.push(read);
