@@ -50,7 +50,8 @@ export class Tgtd {
       const ip = `127.${randomInt(1, 255)}.${randomInt(0, 256)}.${randomInt(2, 255)}`;
       const controlPort = randomInt(20000, 60000);
       if (existsSync(`/var/run/tgtd/socket.${controlPort}`) || !(await portFree(ip, ISCSI_PORT))) continue;
-      const child = spawn('tgtd', ['-f', '--iscsi', `portal=${ip}:${ISCSI_PORT}`, '-C', String(controlPort)], {
+      // setpriv --pdeathsig: a simulator killed without its cleanup still takes its tgtd with it.
+      const child = spawn('setpriv', ['--pdeathsig', 'KILL', 'tgtd', '-f', '--iscsi', `portal=${ip}:${ISCSI_PORT}`, '-C', String(controlPort)], {
         stdio: ['ignore', 'ignore', 'pipe'],
       });
       let stderr = '';

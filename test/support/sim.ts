@@ -157,7 +157,8 @@ export async function startSim(options: SimOptions = {}): Promise<RunningSim> {
   const dataDir = options.dataDir ?? (await mkdtemp(join(tmpdir(), 'prism-sim-')));
   const infoPath = join(dataDir, 'sim.json');
   await rm(infoPath, { force: true });
-  const child: ChildProcess = spawn(bin, argsFor(dataDir, options), { stdio: ['ignore', 'ignore', 'pipe'] });
+  // If the test process dies without stop(), the simulator gets SIGTERM and still cleans up its tgtd.
+  const child: ChildProcess = spawn('setpriv', ['--pdeathsig', 'TERM', bin, ...argsFor(dataDir, options)], { stdio: ['ignore', 'ignore', 'pipe'] });
   let stderr = '';
   child.stderr?.on('data', (c: Buffer) => (stderr += c.toString()));
   const exited = new Promise<void>((resolveExit) => child.once('exit', () => resolveExit()));
