@@ -3,6 +3,8 @@ import { createProgram, runProgram } from './program.ts';
 import { registerBackupCommand } from './backup.ts';
 import { registerPointsCommand, registerRestoreCommand, registerVerifyCommand } from './points.ts';
 import { registerVmsCommand } from './vms.ts';
+import { registerOperatorCommand } from './operator.ts';
+import { registerMoverCommand } from './mover.ts';
 
 const program = createProgram();
 registerVmsCommand(program);
@@ -10,5 +12,7 @@ registerBackupCommand(program);
 registerPointsCommand(program);
 registerRestoreCommand(program);
 registerVerifyCommand(program);
+registerOperatorCommand(program);
+registerMoverCommand(program);
 
 process.exitCode = await runProgram(program, process.argv);

@@ -157,7 +157,9 @@ export async function prepareSharedPoint(vm: VmRef, spec: SharedPointSpec, optio
   return new SharedPoint(vm, spec.pointId, spec.parentPointId);
 }
 
-export interface SharedCommitRequest extends CommitRequest {
+export interface SharedCommitRequest extends Omit<CommitRequest, 'type' | 'typeReason'> {
+  /** Why the point is a full when no disk result is an overlay (e.g. "first backup"); the type follows the results. */
+  fullTypeReason: string;
   /** Every disk index the point must hold; a missing or extra result refuses the commit. */
   diskIndexes: number[];
   /** Releases what a dead attempt's journal lists on Nutanix; its folder goes only when this resolves. */
@@ -194,12 +196,22 @@ export async function commitSharedPoint(vm: VmRef, pointId: string, request: Sha
       });
     }
     const disks: ManifestDisk[] = [];
+    const fallbacks: string[] = [];
+    let overlays = 0;
     for (const index of expected) {
-      const { apiVersion: _version, overlay: _overlay, fullReason: _reason, ...entry } = await readDiskResultFile(dir, index, { optional: false });
+      const { apiVersion: _version, overlay, fullReason, ...entry } = await readDiskResultFile(dir, index, { optional: false });
       disks.push(entry);
+      if (overlay) overlays++;
+      if (fullReason) fallbacks.push(`disk ${index}: ${fullReason}`);
     }
-    const staged = new StagedPoint(vm, pointId, journal.parentPointId ?? null, new Date(journal.startedAt), journal, lock, request.logger, disks);
-    const point = await staged.commit(request);
+    const parentPointId = journal.parentPointId ?? null;
+    const staged = new StagedPoint(vm, pointId, parentPointId, new Date(journal.startedAt), journal, lock, request.logger, disks);
+    const { fullTypeReason, diskIndexes: _indexes, cleanupLeftover: _cleanup, logger: _logger, ...commit } = request;
+    const point = await staged.commit({
+      ...commit,
+      type: overlays > 0 ? 'incremental' : 'full',
+      typeReason: [overlays > 0 ? `incremental on ${parentPointId}` : fullTypeReason, ...fallbacks].join('; '),
+    });
     return { ...point, leftoversRemoved };
   } finally {
     // commit releases the lock once the point is visible; on any failure it is released here.

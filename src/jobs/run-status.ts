@@ -1,0 +1,165 @@
+/**
+ * How a mover writes into its VMBackupRun: RFC 6902 JSON patches on the status subresource. Each disk Job only
+ * touches `/status/disks/<i>/…`, guarded by a `test` of the disk's UUID, so concurrent disks never clobber each
+ * other or the controller's fields. The kubeconfig is the in-cluster one (the mover ServiceAccount) or KUBECONFIG.
+ */
+import { ApiException, CustomObjectsApi, KubeConfig, Observable, PatchStrategy, type ConfigurationOptions } from '@kubernetes/client-node';
+import { setTimeout as sleep } from 'node:timers/promises';
+import { AppError, ErrorCode, isAppError } from '../lib/errors.ts';
+import type { Logger } from '../lib/log.ts';
+import type { RunRef } from './contract.ts';
+
+export type JsonPatchOp = { op: 'add' | 'replace' | 'test'; path: string; value: unknown } | { op: 'remove'; path: string };
+
+export interface RunStatusWriter {
+  patchStatus(ops: JsonPatchOp[], signal: AbortSignal): Promise<void>;
+}
+
+function jsonPatchOptions(signal: AbortSignal): ConfigurationOptions {
+  return {
+    middleware: [
+      {
+        pre: (context) => {
+          context.setHeaderParam('Content-Type', PatchStrategy.JsonPatch);
+          context.setSignal(signal);
+          return new Observable(Promise.resolve(context));
+        },
+        post: (context) => new Observable(Promise.resolve(context)),
+      },
+    ],
+    middlewareMergeStrategy: 'append',
+  };
+}
+
+function statusError(err: unknown, run: RunRef): AppError {
+  if (isAppError(err)) return err;
+  const where = `VMBackupRun ${run.namespace}/${run.name}`;
+  if (err instanceof ApiException) {
+    const code = err.code;
+    if (code === 401 || code === 403) {
+      return new AppError(ErrorCode.Forbidden, `patching the status of ${where} was refused (HTTP ${code})`, {
+        hint: 'the mover ServiceAccount needs get and patch on vmbackupruns/status in this namespace',
+      });
+    }
+    if (code === 404) return new AppError(ErrorCode.NotFound, `${where} does not exist`, { hint: 'the run was deleted; its Jobs go with it' });
+    if (code === 422) {
+      return new AppError(ErrorCode.Conflict, `${where}: status patch rejected: ${String(err.body).slice(0, 300)}`, {
+        hint: 'status.disks must list this disk at the request\'s statusIndex (the controller creates that list before the Jobs)',
+      });
+    }
+    return new AppError(ErrorCode.Unavailable, `patching the status of ${where} failed (HTTP ${code})`, { retryable: code === 409 || code === 429 || code >= 500, cause: err });
+  }
+  if (err instanceof Error && err.name === 'AbortError') return new AppError(ErrorCode.Aborted, `status patch of ${where}: aborted`, { cause: err });
+  return new AppError(ErrorCode.Unreachable, `the Kubernetes API is unreachable: ${err instanceof Error ? err.message : String(err)}`, {
+    retryable: true,
+    hint: 'check the in-cluster service account or KUBECONFIG',
+    cause: err,
+  });
+}
+
+/** Patches the run's status through the Kubernetes API (in-cluster config, or KUBECONFIG when set). */
+export function kubeRunStatusWriter(run: RunRef, config: KubeConfig = defaultKubeConfig()): RunStatusWriter {
+  const api = config.makeApiClient(CustomObjectsApi);
+  return {
+    async patchStatus(ops, signal) {
+      try {
+        await api.patchNamespacedCustomObjectStatus(
+          { group: 'backup.sendense.io', version: 'v1alpha1', namespace: run.namespace, plural: 'vmbackupruns', name: run.name, body: ops },
+          jsonPatchOptions(signal),
+        );
+      } catch (err) {
+        throw statusError(err, run);
+      }
+    },
+  };
+}
+
+function defaultKubeConfig(): KubeConfig {
+  const config = new KubeConfig();
+  config.loadFromDefault();
+  return config;
+}
+
+/** A patch that must land (final figures): retried with backoff while the failure is transient. */
+export async function patchStatusReliably(writer: RunStatusWriter, ops: JsonPatchOp[], signal: AbortSignal, attempts = 5): Promise<void> {
+  for (let attempt = 1; ; attempt++) {
+    try {
+      await writer.patchStatus(ops, signal);
+      return;
+    } catch (err) {
+      if (!isAppError(err) || !err.retryable || attempt >= attempts || signal.aborted) throw err;
+      await sleep(500 * 2 ** (attempt - 1), undefined, { signal });
+    }
+  }
+}
+
+export interface DiskFigures {
+  sizeBytes?: number;
+  changedBytes?: number;
+  transferredBytes?: number;
+  zeroBytes?: number;
+  progressPercent?: number;
+  throughputBytesPerSecond?: number;
+}
+
+/** JSON patch setting the given fields of `/status/disks/<index>` after checking it is the expected disk. */
+export function diskStatusPatch(index: number, diskUuid: string, figures: DiskFigures): JsonPatchOp[] {
+  const base = `/status/disks/${index}`;
+  const ops: JsonPatchOp[] = [{ op: 'test', path: `${base}/diskUUID`, value: diskUuid }];
+  for (const [key, value] of Object.entries(figures)) {
+    if (value !== undefined) ops.push({ op: 'add', path: `${base}/${key}`, value: Math.max(0, Math.round(value)) });
+  }
+  return ops;
+}
+
+/**
+ * Sends the latest progress every `intervalMs` while a disk copies: never two patches at once, a failed progress
+ * patch is logged and skipped (the copy matters more than the progress bar).
+ */
+export class ProgressReporter {
+  readonly #writer: RunStatusWriter;
+  readonly #index: number;
+  readonly #diskUuid: string;
+  readonly #log: Logger;
+  readonly #signal: AbortSignal;
+  #latest: DiskFigures | undefined;
+  #sent: string | undefined;
+  #timer: NodeJS.Timeout;
+  #inFlight: Promise<void> = Promise.resolve();
+  /** Number of progress patches the apiserver accepted. */
+  sentCount = 0;
+
+  constructor(writer: RunStatusWriter, statusIndex: number, diskUuid: string, intervalMs: number, log: Logger, signal: AbortSignal) {
+    this.#writer = writer;
+    this.#index = statusIndex;
+    this.#diskUuid = diskUuid;
+    this.#log = log;
+    this.#signal = signal;
+    this.#timer = setInterval(() => this.#tick(), intervalMs);
+  }
+
+  update(figures: DiskFigures): void {
+    this.#latest = figures;
+  }
+
+  #tick(): void {
+    const figures = this.#latest;
+    const key = JSON.stringify(figures);
+    if (!figures || key === this.#sent) return;
+    this.#inFlight = this.#inFlight.then(async () => {
+      try {
+        await this.#writer.patchStatus(diskStatusPatch(this.#index, this.#diskUuid, figures), this.#signal);
+        this.#sent = key;
+        this.sentCount++;
+      } catch (err) {
+        this.#log.warn({ err: err instanceof Error ? err.message : String(err) }, 'progress not reported');
+      }
+    });
+  }
+
+  /** Stops the timer and waits for a patch in flight, so the final patch lands after every progress patch. */
+  async stop(): Promise<void> {
+    clearInterval(this.#timer);
+    await this.#inFlight;
+  }
+}
