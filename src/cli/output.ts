@@ -3,7 +3,6 @@ import { type Command, Option } from 'commander';
 import { z } from 'zod';
 
 export const outputFormatSchema = z.enum(['table', 'json']);
-export type OutputFormat = z.infer<typeof outputFormatSchema>;
 
 export function addOutputOption(command: Command): Command {
   return command.addOption(new Option('-o, --output <format>', 'output format').choices(outputFormatSchema.options).default('table'));

@@ -20,7 +20,7 @@ const executionContext = z.object({
   task_uuid: z.union([z.string(), z.array(z.string())]).nullish(),
 });
 
-export const v3DiskSchema = z.object({
+const v3DiskSchema = z.object({
   uuid: z.string().nullish(),
   disk_size_bytes: z.number().nullish(),
   disk_size_mib: z.number().nullish(),
@@ -89,7 +89,7 @@ export const v3VmSchema = z.object({
 });
 export type V3Vm = z.infer<typeof v3VmSchema>;
 
-export const v3ListMetadataSchema = z.object({
+const v3ListMetadataSchema = z.object({
   kind: z.string().nullish(),
   total_matches: z.number().nullish(),
   length: z.number().nullish(),
@@ -167,7 +167,7 @@ export const v3IdempotenceRequestSchema = z.object({
   valid_duration_in_minutes: z.number().int().min(1).optional(),
 });
 
-export const v3SnapshotTypeSchema = z.enum(['CRASH_CONSISTENT', 'APPLICATION_CONSISTENT']);
+const v3SnapshotTypeSchema = z.enum(['CRASH_CONSISTENT', 'APPLICATION_CONSISTENT']);
 
 /** PE v3 `vm_snapshot_intent_input`. */
 export const v3SnapshotCreateRequestSchema = z.object({
@@ -221,7 +221,7 @@ export const v3ChangedRegionsRequestSchema = z.object({
   end_offset: z.number().int().min(0).optional(),
 });
 
-export const regionTypeSchema = z.enum(['REGULAR', 'ZEROED']);
+const regionTypeSchema = z.enum(['REGULAR', 'ZEROED']);
 
 export const v3ChangedRegionsSchema = z.object({
   region_list: z.array(z.object({ offset: z.number(), length: z.number(), type: regionTypeSchema })).nullish(),
@@ -291,7 +291,7 @@ export const v4ClusterSchema = z.object({
     .nullish(),
 });
 
-export const v4VmDiskSchema = z.object({
+const v4VmDiskSchema = z.object({
   extId: z.string().nullish(),
   diskAddress: z.object({ busType: z.string(), index: z.number() }).nullish(),
   backingInfo: z
@@ -345,7 +345,7 @@ export type V4Vm = z.infer<typeof v4VmSchema>;
 
 export const v4CategorySchema = z.object({ extId: z.string(), key: z.string(), value: z.string() });
 
-export const v4RecoveryPointTypeSchema = z.enum(['CRASH_CONSISTENT', 'APPLICATION_CONSISTENT']);
+const v4RecoveryPointTypeSchema = z.enum(['CRASH_CONSISTENT', 'APPLICATION_CONSISTENT']);
 
 export const v4VmRecoveryPointSchema = z.object({
   extId: z.string(),
