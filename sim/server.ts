@@ -205,6 +205,11 @@ export class Sim {
       const name = decoded.slice(0, colon);
       if (colon < 0 || (name !== adminUser && name !== viewerUser) || !this.passwordMatches(decoded.slice(colon + 1))) return 'bad';
       const token = randomBytes(24).toString('base64url');
+      // Clients that always send Basic open a session per request: forget the expired ones now and then.
+      if (this.sessions.size >= 1000) {
+        const now = Date.now();
+        for (const [key, s] of this.sessions) if (s.expiresAt <= now) this.sessions.delete(key);
+      }
       const expiresAt = Date.now() + this.config.sessionTtlMs;
       this.sessions.set(token, { user: name, expiresAt });
       return {

@@ -180,7 +180,9 @@ export function generateInventory(options: InventoryOptions): SimState {
     const cluster = aos[(i - 1) % aos.length] as SimCluster;
     const disks: SimDisk[] = [];
     for (let d = 0; d < options.disksPerVm; d++) {
-      const unalignedTail = options.disksPerVm >= 2 && d === options.disksPerVm - 1 && options.diskSizeBytes > 1024 * 1024;
+      // Some disks end off a 64 KiB boundary: the last disk of multi-disk VMs, the disk of even single-disk VMs.
+      const last = d === options.disksPerVm - 1;
+      const unalignedTail = last && (options.disksPerVm >= 2 || i % 2 === 0) && options.diskSizeBytes > 1024 * 1024;
       disks.push({
         uuid: prng.uuid(),
         busType: 'SCSI',
