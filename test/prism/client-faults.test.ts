@@ -83,6 +83,16 @@ describe.each(['v4', 'v3'] as const)('faults on a %s Prism Central', (api) => {
     expect(await client.listVms()).toHaveLength(250);
   });
 
+  it('logs in again when the session expires in the middle of a paged listing', async () => {
+    await sim.admin.resetCounters();
+    // Slow pages, so the expiry lands while the listing is running.
+    await sim.admin.addFaults([{ kind: 'latency', match: { method: listMethod, path: listPath }, ms: 300, count: 3 }]);
+    const listing = client.listVms();
+    while (route((await sim.admin.counters()).byRoute, listRoute) < 1) await new Promise((r) => setTimeout(r, 20));
+    await sim.admin.expireSessions();
+    expect(await listing).toHaveLength(250);
+  });
+
   it('turns a failed Prism task into TaskFailed with the Nutanix message', async () => {
     await sim.admin.addFaults([{ kind: 'taskFail', count: 1, message: 'Injected: snapshot quota exceeded' }]);
     await expect(client.createRecoveryPoint({ vm, name: 'doomed', consistency: 'CRASH_CONSISTENT', requestId: `${api}-doomed` })).rejects.toMatchObject({
