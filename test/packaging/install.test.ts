@@ -4,6 +4,9 @@
  * ServiceAccounts can do exactly what their Roles grant, and the example CRs are valid against the generated CRDs.
  */
 import { execFile } from 'node:child_process';
+import { randomBytes } from 'node:crypto';
+import { mkdtemp, rm } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { promisify } from 'node:util';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
@@ -11,7 +14,7 @@ import { nutanixCluster } from '../../src/crds/nutanix-cluster.ts';
 import { vmBackupPolicy } from '../../src/crds/vm-backup-policy.ts';
 import { vmBackupRun } from '../../src/crds/vm-backup-run.ts';
 import { requireTestbedBinaries, startTestbed, type Testbed } from '../support/testbed.ts';
-import { examplesDir, installYamlPath } from './manifests.ts';
+import { chartDir, examplesDir, installYamlPath } from './manifests.ts';
 
 const execFileAsync = promisify(execFile);
 const namespace = 'sendense-system';
@@ -70,14 +73,16 @@ const moverChecks: Check[] = [
 describe('manifests/install.yaml and the examples on a real kube-apiserver', () => {
   let testbed: Testbed;
   let kubectlPath: string;
+  let helmPath: string;
+  let helmHome: string;
   const kubectlAs = async (kubeconfig: string, ...args: string[]) =>
     (await execFileAsync(kubectlPath, ['--kubeconfig', kubeconfig, ...args], { signal: AbortSignal.timeout(90_000) })).stdout;
   const kubectl = (...args: string[]) => kubectlAs(testbed.kubeconfigAdmin, ...args);
 
   /** The apiserver's answer to `kubectl auth can-i` (exit status 1 with "no" is an answer, not an error). */
-  async function canI(account: string, [verb, resource, , ...flags]: Check): Promise<boolean> {
+  async function canI(account: string, [verb, resource, , ...flags]: Check, inNamespace = namespace): Promise<boolean> {
     try {
-      return (await kubectl('auth', 'can-i', verb, resource, `--as=${account}`, `--namespace=${namespace}`, ...flags)).trim() === 'yes';
+      return (await kubectl('auth', 'can-i', verb, resource, `--as=${account}`, `--namespace=${inNamespace}`, ...flags)).trim() === 'yes';
     } catch (err) {
       const stdout = String((err as { stdout?: unknown }).stdout ?? '').trim();
       if (stdout === 'no') return false;
@@ -86,7 +91,8 @@ describe('manifests/install.yaml and the examples on a real kube-apiserver', () 
   }
 
   beforeAll(async () => {
-    kubectlPath = (await requireTestbedBinaries()).kubectl;
+    ({ kubectl: kubectlPath, helm: helmPath } = await requireTestbedBinaries());
+    helmHome = await mkdtemp(join(tmpdir(), 'sendense-helm-'));
     testbed = await startTestbed({ rbac: true });
     await kubectl('apply', '--server-side', '--field-manager=sendense-packaging-test', '-f', installYamlPath);
     await kubectl('wait', '--for=condition=Established', '--timeout=60s', 'crd/nutanixclusters.backup.sendense.io', 'crd/vmbackuppolicies.backup.sendense.io', 'crd/vmbackupruns.backup.sendense.io');
@@ -94,6 +100,7 @@ describe('manifests/install.yaml and the examples on a real kube-apiserver', () 
 
   afterAll(async () => {
     await testbed?.stop();
+    if (helmHome) await rm(helmHome, { recursive: true, force: true });
   });
 
   it('installs every object of the rendered chart', async () => {
@@ -162,5 +169,47 @@ describe('manifests/install.yaml and the examples on a real kube-apiserver', () 
     );
     expect(run.metadata.name).toMatch(/^vm-0001-now-/);
     expect(run.spec).toMatchObject({ policyRef: { name: 'nightly' }, vm: { name: 'vm-0001' }, type: 'auto' });
+  });
+
+  it('installs with the real helm in a second namespace that watches a third: rights follow the namespaces', async () => {
+    const suffix = randomBytes(3).toString('hex');
+    const [operatorNamespace, watchedNamespace] = [`ops-${suffix}`, `backups-${suffix}`];
+    await kubectl('create', 'namespace', watchedNamespace);
+    const helmEnv = { ...process.env, HELM_CACHE_HOME: helmHome, HELM_CONFIG_HOME: helmHome, HELM_DATA_HOME: helmHome };
+    const { stdout: notes } = await execFileAsync(
+      helmPath,
+      ['install', 'sendense-nutanix', chartDir, '--kubeconfig', testbed.kubeconfigAdmin, '--namespace', operatorNamespace, '--create-namespace', '--set', `watchNamespace=${watchedNamespace}`],
+      { signal: AbortSignal.timeout(90_000), env: helmEnv },
+    );
+    expect(notes).toContain(`It manages NutanixClusters, VMBackupPolicies and VMBackupRuns in namespace ${watchedNamespace} only.`);
+
+    const operator = `system:serviceaccount:${operatorNamespace}:sendense-nutanix`;
+    const mover = `system:serviceaccount:${watchedNamespace}:sendense-nutanix-mover`;
+    const answers = {
+      'operator lists runs in the watched namespace': await canI(operator, ['list', 'vmbackupruns.backup.sendense.io', true], watchedNamespace),
+      'operator creates Jobs in the watched namespace': await canI(operator, ['create', 'jobs.batch', true], watchedNamespace),
+      'operator updates its Lease in its own namespace': await canI(operator, ['update', 'leases.coordination.k8s.io', true], operatorNamespace),
+      'operator lists runs in its own namespace': await canI(operator, ['list', 'vmbackupruns.backup.sendense.io', false], operatorNamespace),
+      'operator reads Secrets in its own namespace': await canI(operator, ['get', 'secrets', false], operatorNamespace),
+      'operator updates Leases in the watched namespace': await canI(operator, ['update', 'leases.coordination.k8s.io', false], watchedNamespace),
+      'mover patches run status in the watched namespace': await canI(mover, ['patch', 'vmbackupruns.backup.sendense.io', true, '--subresource=status'], watchedNamespace),
+      'mover reads runs in the operator namespace': await canI(mover, ['get', 'vmbackupruns.backup.sendense.io', false], operatorNamespace),
+    };
+    expect(answers).toEqual({
+      'operator lists runs in the watched namespace': true,
+      'operator creates Jobs in the watched namespace': true,
+      'operator updates its Lease in its own namespace': true,
+      'operator lists runs in its own namespace': false,
+      'operator reads Secrets in its own namespace': false,
+      'operator updates Leases in the watched namespace': false,
+      'mover patches run status in the watched namespace': true,
+      'mover reads runs in the operator namespace': false,
+    });
+
+    // A real cluster keeps what a test leaves behind; the local test bed is discarded whole.
+    if (testbed.external) {
+      await execFileAsync(helmPath, ['uninstall', 'sendense-nutanix', '--kubeconfig', testbed.kubeconfigAdmin, '--namespace', operatorNamespace], { signal: AbortSignal.timeout(90_000), env: helmEnv });
+      await kubectl('delete', 'namespace', operatorNamespace, watchedNamespace, '--wait=false');
+    }
   });
 });
