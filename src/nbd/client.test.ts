@@ -161,6 +161,32 @@ describe('NbdClient against qemu-nbd', () => {
     await rm(path.dirname(socketPath!), { recursive: true, force: true });
   });
 
+  it('falls back to simple replies when the server has no structured replies (nbdkit --no-sr)', async () => {
+    const { spawn } = await import('node:child_process');
+    const socketPath = path.join(dir, 'nbdkit.sock');
+    const child = spawn('nbdkit', ['--no-sr', '--exit-with-parent', '-f', '-U', socketPath, 'file', image], { stdio: 'ignore' });
+    try {
+      let client: NbdClient | undefined;
+      for (let attempt = 0; attempt < 200 && !client; attempt++) {
+        client = await NbdClient.connect({ endpoint: { socketPath } }).catch(async () => {
+          await new Promise((r) => setTimeout(r, 20));
+          return undefined;
+        });
+      }
+      if (!client) throw new Error('nbdkit never accepted');
+      expect(client.info.structuredReplies).toBe(false);
+      expect(client.info.metaContexts.size).toBe(0);
+      const targets = [Buffer.alloc(777_777), Buffer.alloc(65536), Buffer.alloc(5000)];
+      const offsets = [12345, 0, SIZE - 5000];
+      await Promise.all(targets.map((t, i) => client.read(offsets[i]!, t.length, t)));
+      targets.forEach((t, i) => expect(t.equals(bytes.subarray(offsets[i]!, offsets[i]! + t.length))).toBe(true));
+      await expect(client.blockStatus(0, 4096)).rejects.toMatchObject({ code: 'UNSUPPORTED' });
+      await client.close();
+    } finally {
+      child.kill('SIGKILL');
+    }
+  });
+
   it('works over TCP too', async () => {
     const { spawn } = await import('node:child_process');
     const port = 20000 + (process.pid % 20000);
