@@ -219,6 +219,25 @@ describe('copyDisk into QCOW2 with real qemu-nbd and qemu-img', () => {
     await expectIdentical(snap.file, target);
   });
 
+  it('repository full: NO_SPACE error and the partial image is removed (8 MiB tmpfs)', async (ctx) => {
+    const mountPoint = path.join(dir, 'small');
+    await run('mkdir', [mountPoint]);
+    const mounted = await run('mount', ['-t', 'tmpfs', '-o', 'size=8m', 'tmpfs', mountPoint]).then(
+      () => true,
+      () => false,
+    );
+    if (!mounted) return ctx.skip('mount -t tmpfs refused: the fault cannot be staged here');
+    try {
+      const snap = await snapshot('full-fs.raw');
+      const target = path.join(mountPoint, 'disk.qcow2');
+      const err = await copyDisk({ source: { socketPath: snap.server.socketPath }, regions: layout.runs, sizeBytes: SIZE, target: { path: target } }).catch((e: unknown) => e);
+      expect(err).toMatchObject({ code: 'NO_SPACE' });
+      await expect(stat(target)).rejects.toMatchObject({ code: 'ENOENT' });
+    } finally {
+      await run('umount', [mountPoint]);
+    }
+  });
+
   it('rejects unsorted regions and never overwrites an existing image', async () => {
     const snap = await snapshot('bad.raw');
     const target = path.join(dir, 'bad.qcow2');
