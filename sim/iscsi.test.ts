@@ -1,5 +1,8 @@
 /** Volume groups export disk recovery points as real read-only iSCSI LUNs through the simulator's own tgtd. */
 import { execFile } from 'node:child_process';
+import { mkdtemp, rm } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
 import { promisify } from 'node:util';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { z } from 'zod';
@@ -93,5 +96,37 @@ describe('iSCSI export of a disk recovery point', () => {
     const etag = (await call(sim, 'GET', `${vol}/${vgId}`)).headers.etag ?? '';
     await task('DELETE', `${vol}/${vgId}`, undefined, { 'If-Match': etag });
     expect((await sim.admin.state()).iscsiTargets).toEqual([]);
+  });
+
+  it('exports attached volume groups again after a restart (new tgtd, new address)', async () => {
+    const dataDir = await mkdtemp(join(tmpdir(), 'sim-iscsi-restart-'));
+    const first = await startSim({ dataDir, vms: 2 });
+    let targetName = '';
+    let snapshotFile = '';
+    try {
+      const run = async (method: string, path: string, body?: unknown): Promise<Record<string, unknown>> => {
+        const res = await call(first, method, path, { body });
+        return waitV4Task(first, apiResponse(taskReferenceSchema).parse(res.body).data.extId);
+      };
+      const vmUuid = ((await call(first, 'POST', '/api/nutanix/v3/vms/list', { body: {} })).body as { entities: Array<{ metadata: { uuid: string } }> }).entities[0]?.metadata.uuid;
+      const rpId = completion(await run('POST', '/api/dataprotection/v4.0/config/recovery-points', { name: 'r', vmRecoveryPoints: [{ vmExtId: vmUuid }] }), 'recoveryPointExtId');
+      const rp = apiResponse(recoveryPointSchema).parse((await call(first, 'GET', `/api/dataprotection/v4.0/config/recovery-points/${rpId}`)).body).data;
+      const drp = rp.vmRecoveryPoints[0]?.diskRecoveryPoints[0];
+      snapshotFile = `${dataDir}/snapshots/${rp.extId}/${drp?.diskExtId}`;
+      const vgId = completion(await run('POST', vol, { name: 'survivor' }), 'volumeGroupExtId');
+      await run('POST', `${vol}/${vgId}/disks`, { diskDataSourceReference: { entityType: 'DISK_RECOVERY_POINT', extId: drp?.diskRecoveryPointExtId } });
+      await run('POST', `${vol}/${vgId}/$actions/attach-iscsi-client`, { iscsiInitiatorName: qemuInitiator });
+      targetName = apiResponse(volumeGroupSchema).parse((await call(first, 'GET', `${vol}/${vgId}`)).body).data.targetName;
+    } finally {
+      await first.stop();
+    }
+    const second = await startSim({ dataDir, vms: 2 });
+    try {
+      const url = `iscsi://${second.dataServicesIp}:3260/iqn.2010-06.com.nutanix:${targetName}/1`;
+      expect((await execFileAsync('qemu-img', ['compare', '-f', 'raw', '-F', 'raw', snapshotFile, url])).stdout).toMatch(/Images are identical/);
+    } finally {
+      await second.stop();
+      await rm(dataDir, { recursive: true, force: true });
+    }
   });
 });

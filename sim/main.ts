@@ -17,7 +17,7 @@ import { adminUser, ApiMode, Sim, viewerUser } from './server.ts';
 import { generateInventory, liveDiskPath, loadState, saveState } from './state.ts';
 import { ensureTls } from './tls.ts';
 import { v3Routes } from './v3.ts';
-import { v4Routes } from './v4.ts';
+import { exportVolumeGroup, v4Routes } from './v4.ts';
 import { World } from './world.ts';
 
 const log = createLogger({ name: 'prism-sim' });
@@ -107,7 +107,11 @@ async function serve(raw: unknown): Promise<void> {
     world,
   );
   if (options.faults) sim.faults.add(faultRulesSchema.parse(JSON.parse(options.faults)));
-  if (options.iscsi === 'on') sim.tgtd = await Tgtd.start();
+  if (options.iscsi === 'on') {
+    sim.tgtd = await Tgtd.start();
+    // Targets do not outlive a tgtd: attached volume groups are exported again by the new one.
+    for (const vg of state.volumeGroups) await exportVolumeGroup(sim, vg);
+  }
   sim.addRoutes(adminRoutes(sim));
   sim.addRoutes(v3Routes(sim));
   if (options.api === ApiMode.V4) sim.addRoutes(v4Routes(sim));

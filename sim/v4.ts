@@ -421,6 +421,18 @@ const vgDiskSchema = z.looseObject({
 });
 const iscsiClientSchema = z.looseObject({ iscsiInitiatorName: z.string().min(1).optional(), extId: z.string().optional() });
 
+/** Makes tgtd export exactly the VG's disks to its attached initiators (no initiator or no disk: no target). */
+export async function exportVolumeGroup(sim: Sim, vg: VolumeGroup): Promise<void> {
+  const tgtd = sim.tgtd;
+  if (!tgtd) throw new Error('iSCSI is disabled in this simulator (--iscsi off)');
+  if (vg.initiators.length === 0 || vg.disks.length === 0) {
+    await tgtd.remove(iqnOf(vg));
+    return;
+  }
+  const disks = [...vg.disks].sort((a, b) => a.index - b.index);
+  await tgtd.export(iqnOf(vg), disks.map((d) => d.path), sim.config.iscsiAcl === 'any' ? ['ALL'] : vg.initiators);
+}
+
 // ---- routes -------------------------------------------------------------------------------------------------
 
 export function v4Routes(sim: Sim): Route[] {
@@ -463,17 +475,6 @@ export function v4Routes(sim: Sim): Route[] {
     const part = snapshot?.vms.find((p) => p.vmRecoveryPointUuid === vmrpId);
     const disk = part?.disks.find((d) => d.diskRecoveryPointUuid === drpId);
     return snapshot && disk ? { snapshot, disk } : undefined;
-  };
-
-  const exportVg = async (vg: VolumeGroup): Promise<void> => {
-    const tgtd = sim.tgtd;
-    if (!tgtd) throw new Error('iSCSI is disabled in this simulator (--iscsi off)');
-    if (vg.initiators.length === 0 || vg.disks.length === 0) {
-      await tgtd.remove(iqnOf(vg));
-      return;
-    }
-    const disks = [...vg.disks].sort((a, b) => a.index - b.index);
-    await tgtd.export(iqnOf(vg), disks.map((d) => d.path), sim.config.iscsiAcl === 'any' ? ['ALL'] : vg.initiators);
   };
 
   const vgTask = (ctx: Ctx, operation: string, vg: VolumeGroup, work: () => Promise<void>): Reply =>
@@ -772,7 +773,7 @@ export function v4Routes(sim: Sim): Route[] {
         const index = parsed.value.index ?? vg.disks.length;
         return vgTask(ctx, 'CreateVolumeDisk', vg, async () => {
           vg.disks.push({ uuid: randomUUID(), index, diskRecoveryPointUuid: drpId, path: source.disk.path, sizeBytes: source.disk.sizeBytes });
-          if (vg.initiators.length > 0) await exportVg(vg);
+          if (vg.initiators.length > 0) await exportVolumeGroup(sim, vg);
         });
       },
     },
@@ -789,7 +790,7 @@ export function v4Routes(sim: Sim): Route[] {
         if (!initiator) return v4Error('volumes', 400, 'VOLUMES-40001', 'INVALID_ARGUMENT', 'iscsiInitiatorName is required');
         return vgTask(ctx, 'AttachIscsiClient', vg, async () => {
           if (!vg.initiators.includes(initiator)) vg.initiators.push(initiator);
-          await exportVg(vg);
+          await exportVolumeGroup(sim, vg);
         });
       },
     },
@@ -807,7 +808,7 @@ export function v4Routes(sim: Sim): Route[] {
         if (!initiator) return v4Error('volumes', 404, 'VOLUMES-30102', 'ISCSI_CLIENT_NOT_ATTACHED', `iSCSI client '${parsed.value.extId ?? ''}' is not attached to volume group '${vg.uuid}'.`);
         return vgTask(ctx, 'DetachIscsiClient', vg, async () => {
           vg.initiators = vg.initiators.filter((i) => i !== initiator);
-          await exportVg(vg);
+          await exportVolumeGroup(sim, vg);
         });
       },
     },
