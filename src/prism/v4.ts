@@ -80,7 +80,8 @@ export class V4Backend {
   async listVms(options: { name?: string; signal?: AbortSignal } = {}): Promise<Vm[]> {
     const filter = options.name === undefined ? undefined : `name eq '${odataString(options.name)}'`;
     const raw = await this.listAll(v4Paths.vms, v4VmSchema, 'list VMs', options.signal, filter);
-    const vms = await this.toVms(raw, options.signal);
+    const convert = await this.vmConverter(raw, options.signal);
+    const vms = raw.map(convert);
     return options.name === undefined ? vms : vms.filter((vm) => vm.name === options.name);
   }
 
@@ -93,9 +94,8 @@ export class V4Backend {
       signal,
       what: `get VM ${uuid}`,
     });
-    const [vm] = await this.toVms([res.data.data], signal);
-    if (!vm) throw new AppError(ErrorCode.Internal, `get VM ${uuid}: conversion lost the VM`);
-    return vm;
+    const convert = await this.vmConverter([res.data.data], signal);
+    return convert(res.data.data);
   }
 
   async createRecoveryPoint(request: {
@@ -416,11 +416,13 @@ export class V4Backend {
     };
   }
 
-  private async toVms(raw: V4Vm[], signal?: AbortSignal): Promise<Vm[]> {
+  /** Converts v4 VMs, with the category names and cluster names they reference looked up once. */
+  private async vmConverter(raw: V4Vm[], signal?: AbortSignal): Promise<(vm: V4Vm) => Vm> {
     const needsCategories = raw.some((vm) => (vm.categories?.length ?? 0) > 0);
     const categories = needsCategories ? await this.categoryNames(signal) : new Map<string, [string, string]>();
     if (!this.clusterNames) await this.clusters(signal);
-    return raw.map((vm) => toVm(vm, categories, this.clusterNames ?? new Map()));
+    const clusterNames = this.clusterNames ?? new Map<string, string>();
+    return (vm) => toVm(vm, categories, clusterNames);
   }
 
   private async categoryNames(signal?: AbortSignal): Promise<Map<string, [string, string]>> {
