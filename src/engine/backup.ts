@@ -6,6 +6,7 @@
 import { randomUUID } from 'node:crypto';
 import { mapBounded } from '../lib/concurrency.ts';
 import { AppError, ErrorCode } from '../lib/errors.ts';
+import { failpoint, Failpoint } from '../lib/failpoint.ts';
 import { createLogger, type Logger } from '../lib/log.ts';
 import type { StorageTier } from '../mover/tiers.ts';
 import type { PrismClient, RecoveryPoint, Vm, VmDisk } from '../prism/types.ts';
@@ -71,7 +72,8 @@ export async function backupVm(prism: PrismClient, request: BackupRequest): Prom
   const staged = await repository.beginPoint(vmRef, { parentPointId: base?.previous.pointId ?? null, signal, logger: log });
   let recoveryPoint: RecoveryPoint | undefined;
   try {
-    const stale = await sweepStaleRecoveryPoints(prism, vm.uuid, new Set(previous ? [previous.recoveryPoint.id] : []), signal);
+    const older = (await repository.listVmPoints(vmRef)).slice(0, -1);
+    const stale = await sweepStaleRecoveryPoints(prism, vm.uuid, older.map((p) => ({ pointId: p.pointId, recoveryPointId: p.manifest.recoveryPoint.id })), signal);
     if (stale.length) log.info({ vm: vm.name, recoveryPoints: stale }, 'deleted stale recovery points of earlier backups');
     const requestId = randomUUID();
     await staged.recordRecoveryPointRequest(requestId);
@@ -90,6 +92,7 @@ export async function backupVm(prism: PrismClient, request: BackupRequest): Prom
     const outcomes = await copyDisks(prism, request, vm, rp, base, staged, log);
     const overlays = outcomes.filter((o) => o.overlay).length;
     const fallbacks = outcomes.flatMap((o, i) => (o.fullReason ? [`disk ${vm.disks[i]?.index}: ${o.fullReason}`] : []));
+    failpoint(Failpoint.BeforeCommit);
     const point = await staged.commit({
       type: overlays > 0 ? 'incremental' : 'full',
       typeReason: [overlays > 0 ? `incremental on ${base?.previous.pointId}` : typeReason, ...fallbacks].join('; '),

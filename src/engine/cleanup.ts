@@ -36,11 +36,20 @@ export async function releaseLeftover(prism: PrismClient, vmUuid: string, leftov
 }
 
 /**
- * Recovery points of this product for the VM that no restore point uses as its base any more (an old base whose
- * delete failed after a commit). Called under the VM's repository lock, so no live attempt owns any of them.
+ * Base recovery points of this repository's older restore points that still exist on Nutanix (a delete that failed
+ * after a commit). Only points of this repository are considered, so another repository protecting the same VM
+ * keeps its bases. Called under the VM's repository lock.
  */
-export async function sweepStaleRecoveryPoints(prism: PrismClient, vmUuid: string, keepIds: ReadonlySet<string>, signal?: AbortSignal): Promise<string[]> {
-  const stale = (await prism.listRecoveryPoints({ vmUuid, signal })).filter((rp) => rp.name.startsWith(namePrefix) && !keepIds.has(rp.id));
+export async function sweepStaleRecoveryPoints(
+  prism: PrismClient,
+  vmUuid: string,
+  olderPoints: readonly { pointId: string; recoveryPointId: string }[],
+  signal?: AbortSignal,
+): Promise<string[]> {
+  if (olderPoints.length === 0) return [];
+  const ids = new Set(olderPoints.map((p) => p.recoveryPointId));
+  const names = new Set(olderPoints.map((p) => recoveryPointName(p.pointId)));
+  const stale = (await prism.listRecoveryPoints({ vmUuid, signal })).filter((rp) => ids.has(rp.id) || names.has(rp.name));
   for (const rp of stale) await prism.deleteRecoveryPoint(rp.id, signal);
   return stale.map((rp) => rp.id);
 }
