@@ -4,12 +4,13 @@
  * manifests/install.yaml matching a fresh render so CI fails when it is stale.
  */
 import { execFile } from 'node:child_process';
-import { mkdtemp, readFile, rm, writeFile } from 'node:fs/promises';
+import { mkdtemp, readFile, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { promisify } from 'node:util';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { requireTestbedBinaries } from '../support/testbed.ts';
+import { renderChart } from './chart.ts';
 import {
   chartDir,
   deployment,
@@ -57,7 +58,6 @@ const moverRules = [
 describe('Helm chart helm/sendense-nutanix', () => {
   let helm: (...args: string[]) => Promise<string>;
   let workDir: string;
-  const template = (...args: string[]) => helm('template', 'sendense-nutanix', chartDir, '--namespace', 'sendense-system', ...args);
   /** helm's error output for a command that must fail. */
   const refusal = async (...args: string[]): Promise<string> => {
     try {
@@ -86,7 +86,7 @@ describe('Helm chart helm/sendense-nutanix', () => {
   });
 
   it('renders the default install: namespaced RBAC, hardened Deployment, metrics Service, no ServiceMonitor', async () => {
-    const objects = parseManifests(await template());
+    const objects = parseManifests(await renderChart({ namespace: 'sendense-system' }));
     expect(objects.map((o) => `${o.kind}/${o.metadata.name}`).sort()).toEqual([
       'Deployment/sendense-nutanix',
       'Role/sendense-nutanix',
@@ -148,26 +148,27 @@ describe('Helm chart helm/sendense-nutanix', () => {
   });
 
   it('renders a second values set: another watched namespace, two replicas, ServiceMonitor, own mover image', async () => {
-    const valuesFile = join(workDir, 'values-b.yaml');
-    await writeFile(
-      valuesFile,
-      [
-        'watchNamespace: backups',
-        'replicas: 2',
-        'logLevel: debug',
-        'image: { repository: registry.example.com/sendense, tag: "1.2.3", pullPolicy: Always }',
-        'imagePullSecrets: [{ name: regcred }]',
-        'metrics: { port: 9090, service: { type: ClusterIP }, serviceMonitor: { enabled: true, interval: 15s, labels: { release: prometheus } } }',
-        'health: { port: 9091 }',
-        'mover:',
-        '  image: { repository: registry.example.com/sendense-mover, tag: "1.2.4" }',
-        '  serviceAccount: { name: backup-mover }',
-        '  resources: { requests: { cpu: 1, memory: 512Mi } }',
-        '  activeDeadlineSeconds: 7200',
-        '  ttlSecondsAfterFinished: 600',
-      ].join('\n'),
+    const objects = parseManifests(
+      await renderChart({
+        namespace: 'sendense-system',
+        values: {
+          watchNamespace: 'backups',
+          replicas: 2,
+          logLevel: 'debug',
+          image: { repository: 'registry.example.com/sendense', tag: '1.2.3', pullPolicy: 'Always' },
+          imagePullSecrets: [{ name: 'regcred' }],
+          metrics: { port: 9090, serviceMonitor: { enabled: true, interval: '15s', labels: { release: 'prometheus' } } },
+          health: { port: 9091 },
+          mover: {
+            image: { repository: 'registry.example.com/sendense-mover', tag: '1.2.4' },
+            serviceAccount: { name: 'backup-mover' },
+            resources: { requests: { cpu: 1, memory: '512Mi' } },
+            activeDeadlineSeconds: 7200,
+            ttlSecondsAfterFinished: 600,
+          },
+        },
+      }),
     );
-    const objects = parseManifests(await template('--values', valuesFile));
     const where = (kind: string, name: string) => findObject(objects, kind, name, manifest).metadata.namespace;
 
     // The operator lives in the release namespace; what it manages, and the mover, live in the watched one.

@@ -14,6 +14,7 @@ import { nutanixCluster } from '../../src/crds/nutanix-cluster.ts';
 import { vmBackupPolicy } from '../../src/crds/vm-backup-policy.ts';
 import { vmBackupRun } from '../../src/crds/vm-backup-run.ts';
 import { requireTestbedBinaries, startTestbed, type Testbed } from '../support/testbed.ts';
+import { installChart } from './chart.ts';
 import { chartDir, examplesDir, installYamlPath } from './manifests.ts';
 
 const execFileAsync = promisify(execFile);
@@ -211,5 +212,23 @@ describe('manifests/install.yaml and the examples on a real kube-apiserver', () 
       await execFileAsync(helmPath, ['uninstall', 'sendense-nutanix', '--kubeconfig', testbed.kubeconfigAdmin, '--namespace', operatorNamespace], { signal: AbortSignal.timeout(90_000), env: helmEnv });
       await kubectl('delete', 'namespace', operatorNamespace, watchedNamespace, '--wait=false');
     }
+  });
+
+  it('installChart gives an e2e test the chart in its own namespace, with working ServiceAccount tokens', async () => {
+    const own = `e2e-${randomBytes(3).toString('hex')}`;
+    const installed = await installChart(testbed, { namespace: own });
+    expect(installed).toMatchObject({ operatorServiceAccount: 'sendense-nutanix', moverServiceAccount: 'sendense-nutanix-mover' });
+    const operatorConfig = await testbed.kubeconfigFor(installed.operatorServiceAccount, own);
+    const moverConfig = await testbed.kubeconfigFor(installed.moverServiceAccount, own);
+    const canList = (kubeconfig: string, resource: string, inNamespace: string) =>
+      kubectlAs(kubeconfig, 'auth', 'can-i', 'list', resource, '--namespace', inNamespace).then(
+        (out) => out.trim(),
+        (err: unknown) => String((err as { stdout?: unknown }).stdout ?? err).trim(),
+      );
+    expect({
+      operatorJobsHere: await canList(operatorConfig, 'jobs.batch', own),
+      operatorJobsInSendenseSystem: await canList(operatorConfig, 'jobs.batch', namespace),
+      moverRunsHere: await canList(moverConfig, 'vmbackupruns.backup.sendense.io', own),
+    }).toEqual({ operatorJobsHere: 'yes', operatorJobsInSendenseSystem: 'no', moverRunsHere: 'no' });
   });
 });
