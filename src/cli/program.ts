@@ -46,9 +46,11 @@ export function commandContext(): CommandContext {
 
 /** The one stderr line and exit code for a failure. */
 export function describeFailure(err: unknown): { line: string; exitCode: number } {
-  if (isAppError(err)) return { line: `${programName}: ${err.oneLine()}`, exitCode: exitCodes[err.code] ?? 1 };
+  // Prism messages may span lines; the terminal gets one.
+  const flat = (text: string) => text.replace(/\s*\n\s*/g, ' ');
+  if (isAppError(err)) return { line: `${programName}: ${flat(err.oneLine())}`, exitCode: exitCodes[err.code] ?? 1 };
   const message = err instanceof Error ? err.message : String(err);
-  return { line: `${programName}: internal error: ${message.split('\n')[0]} (set LOG_LEVEL=debug and report it)`, exitCode: 1 };
+  return { line: `${programName}: internal error: ${flat(message)} (set LOG_LEVEL=debug and report it)`, exitCode: 1 };
 }
 
 /** Parses argv, runs the chosen command, and returns the process exit code. Never throws. */
