@@ -216,7 +216,7 @@ describe('manifests/install.yaml and the examples on a real kube-apiserver', () 
 
   it('installChart gives an e2e test the chart in its own namespace, with working ServiceAccount tokens', async () => {
     const own = `e2e-${randomBytes(3).toString('hex')}`;
-    const installed = await installChart(testbed, { namespace: own });
+    const installed = await installChart(testbed, { namespace: own, includeCrds: true });
     expect(installed).toMatchObject({ operatorServiceAccount: 'sendense-nutanix', moverServiceAccount: 'sendense-nutanix-mover' });
     const operatorConfig = await testbed.kubeconfigFor(installed.operatorServiceAccount, own);
     const moverConfig = await testbed.kubeconfigFor(installed.moverServiceAccount, own);
