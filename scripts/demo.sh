@@ -30,7 +30,8 @@ step "Full backup of vm-0001"
 $cli backup "${conn[@]}" --vm vm-0001 --repo "$repo"
 
 step "The guest writes 5% of disk 0"
-$cli sim write --data "$work/sim" --vm vm-0001 --disk 0 --changed-percent 5
+$cli sim write --data "$work/sim" --vm vm-0001 --disk 0 --changed-percent 5 |
+  $node -e 'let s="";process.stdin.on("data",d=>s+=d).on("end",()=>{const b=JSON.parse(s).blocks;console.log(`${b.length} blocks of 64 KiB written, ${b.filter(x=>x.zero).length} of them zeros`)})'
 
 step "Incremental backup of vm-0001"
 $cli backup "${conn[@]}" --vm vm-0001 --repo "$repo"

@@ -40,7 +40,7 @@ export function registerPointsCommand(program: Command): void {
 }
 
 export function registerRestoreCommand(program: Command): void {
-  program
+  const command = program
     .command('restore')
     .description('write a flat image of one disk at one restore point')
     .requiredOption('--repo <dir>', 'repository directory')
@@ -49,10 +49,20 @@ export function registerRestoreCommand(program: Command): void {
     .requiredOption('--disk <index>', 'disk index (as `points` / the manifest show)')
     .requiredOption('--out <file>', 'output file (written aside and renamed when complete)')
     .addOption(new Option('--format <format>', 'output format').choices(['raw', 'qcow2']).default('raw'))
-    .option('--verify-checksums', 're-read and check every checksum of the chain first')
-    .action(async (rawFlags: unknown) => {
+    .option('--verify-checksums', 're-read and check every checksum of the chain first');
+  addOutputOption(command);
+  command.action(async (rawFlags: unknown) => {
       const flags = z
-        .object({ repo: z.string(), vm: z.string(), point: z.string(), disk: z.string(), out: z.string(), format: z.enum(['raw', 'qcow2']), verifyChecksums: z.boolean().optional() })
+        .object({
+          repo: z.string(),
+          vm: z.string(),
+          point: z.string(),
+          disk: z.string(),
+          out: z.string(),
+          format: z.enum(['raw', 'qcow2']),
+          verifyChecksums: z.boolean().optional(),
+          output: outputFormatSchema,
+        })
         .parse(rawFlags);
       const diskIndex = Number(flags.disk);
       if (!Number.isInteger(diskIndex) || diskIndex < 0) {
@@ -69,7 +79,17 @@ export function registerRestoreCommand(program: Command): void {
         verifyChecksums: flags.verifyChecksums ?? false,
         signal,
       });
-      process.stdout.write(`${JSON.stringify(result)}\n`);
+      const summary = {
+        vm: result.point.manifest.vm.name,
+        pointId: result.point.pointId,
+        diskIndex: result.diskIndex,
+        out: result.out,
+        format: result.format,
+        sizeBytes: result.sizeBytes,
+        chainVerified: result.verification.ok,
+      };
+      if (flags.output === 'json') printJson(summary);
+      else process.stdout.write(`restored disk ${summary.diskIndex} of ${summary.vm} at ${summary.pointId} (${formatBytes(summary.sizeBytes)}, ${summary.format}) to ${summary.out}\n`);
     });
 }
 
