@@ -4,12 +4,12 @@
 import { randomBytes } from 'node:crypto';
 import { existsSync } from 'node:fs';
 import { mkdir, readFile, rename, rm, writeFile } from 'node:fs/promises';
-import { request } from 'node:https';
 import { join, resolve } from 'node:path';
 import { Command } from 'commander';
 import { z } from 'zod';
 import { createLogger } from '../src/lib/log.ts';
 import { parseSize } from '../src/lib/size.ts';
+import { adminCall, simInfoSchema, type SimInfo } from './admin-client.ts';
 import { adminRoutes } from './admin.ts';
 import { faultRulesSchema } from './faults.ts';
 import { Tgtd } from './iscsi.ts';
@@ -29,19 +29,6 @@ export function parseDuration(text: string, field: string): number {
   const factor = { ms: 1, s: 1000, m: 60_000, h: 3_600_000 }[m[2] as 'ms' | 's' | 'm' | 'h'];
   return Math.round(Number(m[1]) * factor);
 }
-
-export const simInfoSchema = z.object({
-  endpoint: z.string(),
-  username: z.string(),
-  password: z.string(),
-  caFile: z.string(),
-  adminToken: z.string(),
-  viewerUsername: z.string(),
-  dataServicesIp: z.string().optional(),
-  api: z.enum([ApiMode.V3, ApiMode.V4]),
-  pid: z.number().int(),
-});
-export type SimInfo = z.infer<typeof simInfoSchema>;
 
 const credentialsSchema = z.object({ password: z.string(), adminToken: z.string() });
 
@@ -159,30 +146,6 @@ async function runningSim(dataDir: string): Promise<SimInfo | undefined> {
   }
 }
 
-/** One admin call to a running simulator (tiny HTTPS client: the sim must not depend on product code). */
-export async function adminCall(info: SimInfo, method: string, path: string, body?: unknown): Promise<unknown> {
-  const ca = await readFile(info.caFile, 'utf8');
-  const payload = body === undefined ? undefined : JSON.stringify(body);
-  return new Promise((resolvePromise, reject) => {
-    const req = request(
-      new URL(path, info.endpoint),
-      { method, ca, headers: { Authorization: `Bearer ${info.adminToken}`, 'Content-Type': 'application/json' }, signal: AbortSignal.timeout(120_000) },
-      (res) => {
-        const chunks: Buffer[] = [];
-        res.on('data', (c: Buffer) => chunks.push(c));
-        res.on('end', () => {
-          const text = Buffer.concat(chunks).toString();
-          const parsed: unknown = text === '' ? undefined : JSON.parse(text);
-          if ((res.statusCode ?? 500) >= 300) reject(new Error(`${method} ${path}: HTTP ${res.statusCode}: ${text}`));
-          else resolvePromise(parsed);
-        });
-      },
-    );
-    req.on('error', reject);
-    req.end(payload);
-  });
-}
-
 async function openWorld(dataDir: string): Promise<World> {
   const state = await loadState(dataDir);
   if (!state) throw new Error(`${dataDir} holds no simulator state (state.json); start the simulator with --data ${dataDir} once`);
@@ -197,7 +160,7 @@ async function diskPath(raw: unknown): Promise<void> {
   const dataDir = resolve(options.data);
   const info = await runningSim(dataDir);
   if (info) {
-    const result = z.object({ path: z.string() }).parse(await adminCall(info, 'GET', `/_sim/vms/${encodeURIComponent(options.vm)}/disks/${options.disk}`));
+    const result = z.object({ path: z.string() }).parse(await adminCall({ ...info, caPem: await readFile(info.caFile, 'utf8') }, 'GET', `/_sim/vms/${encodeURIComponent(options.vm)}/disks/${options.disk}`));
     process.stdout.write(`${result.path}\n`);
     return;
   }
@@ -215,7 +178,7 @@ async function write(raw: unknown): Promise<void> {
   const info = await runningSim(dataDir);
   let result: unknown;
   if (info) {
-    result = await adminCall(info, 'POST', `/_sim/vms/${encodeURIComponent(options.vm)}/disks/${options.disk}/write`, {
+    result = await adminCall({ ...info, caPem: await readFile(info.caFile, 'utf8') }, 'POST', `/_sim/vms/${encodeURIComponent(options.vm)}/disks/${options.disk}/write`, {
       changedPercent: options.changedPercent,
       seed: options.seed,
     });

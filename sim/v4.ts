@@ -444,6 +444,8 @@ export function v4Routes(sim: Sim): Route[] {
   const completeRp = (extId: string): Snapshot | undefined => world.state.snapshots.find((s) => s.uuid === extId && s.api === 'v4' && s.state === 'COMPLETE');
   const rpNotFound = (extId: string): Reply =>
     v4Error('dataprotection', 404, 'DATAPROTECTION-30100', 'RECOVERY_POINT_NOT_FOUND', `Recovery point with extId '${extId}' is not found.`, { extId });
+  const vmNotFound = (extId: string): Reply =>
+    v4Error('vmm', 404, 'VMM-30100', 'VM_NOT_FOUND', `Failed to perform the operation on the VM with UUID '${extId}', because it is not found.`, { vm_uuid: extId });
   const vgNotFound = (extId: string): Reply => v4Error('volumes', 404, 'VOLUMES-30100', 'VOLUME_GROUP_NOT_FOUND', `Volume group with extId '${extId}' is not found.`, { extId });
 
   /** NTNX-Request-Id: a replayed request returns the task of the first one and creates nothing. */
@@ -502,7 +504,7 @@ export function v4Routes(sim: Sim): Route[] {
       access: 'read',
       handler: (ctx) => {
         const vm = world.vmByUuid(ctx.params.extId ?? '');
-        if (!vm) return v4Error('vmm', 404, 'VMM-30100', 'VM_NOT_FOUND', `Failed to perform the operation on the VM with UUID '${ctx.params.extId}', because it is not found.`, { vm_uuid: ctx.params.extId ?? '' });
+        if (!vm) return vmNotFound(ctx.params.extId ?? '');
         return ok('vmm.v4.ahv.config.GetVmApiResponse', renderVm(vm), { ETag: vmEtag(vm) });
       },
     },
@@ -512,7 +514,7 @@ export function v4Routes(sim: Sim): Route[] {
       access: 'read',
       handler: (ctx) => {
         const vm = world.vmByUuid(ctx.params.extId ?? '');
-        if (!vm) return v4Error('vmm', 404, 'VMM-30100', 'VM_NOT_FOUND', `Failed to perform the operation on the VM with UUID '${ctx.params.extId}', because it is not found.`, { vm_uuid: ctx.params.extId ?? '' });
+        if (!vm) return vmNotFound(ctx.params.extId ?? '');
         return ok('vmm.v4.ahv.config.GetGuestToolsApiResponse', guestTools(vm), { ETag: vmEtag(vm) });
       },
     },

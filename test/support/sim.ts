@@ -5,12 +5,12 @@
 import { spawn, type ChildProcess } from 'node:child_process';
 import { existsSync } from 'node:fs';
 import { mkdtemp, readFile, rm } from 'node:fs/promises';
-import { request } from 'node:https';
 import { tmpdir } from 'node:os';
 import { dirname, join, resolve } from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { fileURLToPath } from 'node:url';
 import { z } from 'zod';
+import { adminCall, simInfoSchema } from '../../sim/admin-client.ts';
 
 const root = resolve(dirname(fileURLToPath(import.meta.url)), '../..');
 const bin = join(root, 'bin/sendense-nutanix');
@@ -51,18 +51,6 @@ export interface NgtSettings {
   vssCapable?: boolean;
   mode?: 'succeed' | 'refuse' | 'downgrade';
 }
-
-const simInfoSchema = z.object({
-  endpoint: z.string(),
-  username: z.string(),
-  password: z.string(),
-  caFile: z.string(),
-  adminToken: z.string(),
-  viewerUsername: z.string(),
-  dataServicesIp: z.string().optional(),
-  api: z.enum(['v3', 'v4']),
-  pid: z.number(),
-});
 
 const writeReportSchema = z.object({
   generation: z.number(),
@@ -112,26 +100,6 @@ export interface RunningSim {
   stop(): Promise<void>;
 }
 
-function adminRequest(endpoint: string, token: string, caPem: string, method: string, path: string, body?: unknown): Promise<unknown> {
-  return new Promise((resolvePromise, reject) => {
-    const req = request(
-      new URL(path, endpoint),
-      { method, ca: caPem, headers: { Authorization: `Bearer ${token}`, 'Content-Type': 'application/json' }, signal: AbortSignal.timeout(60_000) },
-      (res) => {
-        const chunks: Buffer[] = [];
-        res.on('data', (c: Buffer) => chunks.push(c));
-        res.on('end', () => {
-          const text = Buffer.concat(chunks).toString();
-          if ((res.statusCode ?? 500) >= 300) reject(new Error(`sim admin ${method} ${path}: HTTP ${res.statusCode} ${text}`));
-          else resolvePromise(text === '' ? undefined : JSON.parse(text));
-        });
-      },
-    );
-    req.on('error', reject);
-    req.end(body === undefined ? undefined : JSON.stringify(body));
-  });
-}
-
 function argsFor(dataDir: string, options: SimOptions): string[] {
   const args = ['sim', '--data', dataDir, '--listen', `${options.listenIp ?? '127.0.0.1'}:0`];
   const flag = (name: string, value: string | number | undefined): void => {
@@ -173,7 +141,7 @@ export async function startSim(options: SimOptions = {}): Promise<RunningSim> {
   }
   const info = simInfoSchema.parse(JSON.parse(await readFile(infoPath, 'utf8')));
   const caPem = await readFile(info.caFile, 'utf8');
-  const call = (method: string, path: string, body?: unknown): Promise<unknown> => adminRequest(info.endpoint, info.adminToken, caPem, method, path, body);
+  const call = (method: string, path: string, body?: unknown): Promise<unknown> => adminCall({ endpoint: info.endpoint, adminToken: info.adminToken, caPem }, method, path, body);
   const vmPath = (name: string, index: number): string => `/_sim/vms/${encodeURIComponent(name)}/disks/${index}`;
   const admin: SimAdmin = {
     state: async () => stateSchema.parse(await call('GET', '/_sim/state')),
