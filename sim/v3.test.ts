@@ -82,6 +82,11 @@ describe('v3 Prism Central', () => {
     }
   });
 
+  it('describes the Prism Central itself (prism_central) with its release', async () => {
+    const res = await conform('pc', 'GET', '/prism_central', '/prism_central');
+    expect(res.body).toMatchObject({ resources: { version: 'pc.2024.3.0.1', type: 'PC' } });
+  });
+
   it('hands out, returns and deletes idempotence identifiers', async () => {
     const created = await conform('pc', 'POST', '/idempotence_identifiers', '/idempotence_identifiers', { client_identifier: 'backup-host', count: 2, valid_duration_in_minutes: 10 });
     expect((created.body as { uuid_list: string[] }).uuid_list).toHaveLength(2);

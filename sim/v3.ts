@@ -3,7 +3,7 @@ import { createHash, randomUUID } from 'node:crypto';
 import { z } from 'zod';
 import { changedRegions } from './disk.ts';
 import { v3Error, viewerUser, type Ctx, type Reply, type Route, type Sim } from './server.ts';
-import { Consistency, type SimCluster, type SimVm, type Snapshot, type Task } from './state.ts';
+import { Consistency, pcVersion, type SimCluster, type SimVm, type Snapshot, type Task } from './state.ts';
 import { startSnapshot } from './snapshots.ts';
 
 const base = '/api/nutanix/v3';
@@ -415,6 +415,43 @@ export function v3Routes(sim: Sim): Route[] {
           status: { name: ctx.user, state: 'COMPLETE', resources: { display_name: ctx.user, access_control_policy_reference_list: [] } },
         },
       }),
+    },
+    {
+      // The PC describes itself (recorded shape); version is what clients show as the PC release.
+      method: 'GET',
+      template: `${base}/prism_central`,
+      access: 'read',
+      handler: () => {
+        const pcCluster = world.state.clusters.find((c) => c.isPrismCentral);
+        const host = world.state.clusters.find((c) => !c.isPrismCentral);
+        return {
+          status: 200,
+          body: {
+            resources: {
+              should_auto_register: false,
+              is_registered_to_hosting_pe: true,
+              pc_size: 'kSmall',
+              version: pcVersion[sim.config.api],
+              cluster_uuid: pcCluster?.uuid,
+              type: 'PC',
+              virtual_ip: sim.config.listenIp,
+              pc_vm_list: [
+                {
+                  vm_name: 'prism-central-vm-1',
+                  num_sockets: 6,
+                  memory_size_bytes: 28 * 1024 ** 3,
+                  data_disk_size_bytes: 500 * 1024 ** 3,
+                  status: 'NORMAL',
+                  power_state: 'ON',
+                  vm_uuid: pcCluster?.containerUuid,
+                  nic_list: [{ ip_list: [sim.config.listenIp] }],
+                  cluster_reference: { kind: 'cluster', uuid: host?.uuid },
+                },
+              ],
+            },
+          },
+        };
+      },
     },
     {
       method: 'POST',
