@@ -58,13 +58,29 @@ export const diskExport = z.object({
   progressPercent: z.number().int().min(0).max(100).optional(),
   throughputBytesPerSecond: byteCount().optional(),
   jobName: z.string().optional().describe('Export Job copying this disk.'),
+  index: z.number().int().min(0).optional().describe("The disk's position among the VM's disks (its file in the restore point)."),
+  failureReason: z.string().optional().describe('Why the export of this disk failed.'),
 });
 
 export const vmBackupRunStatus = z.object({
   observedGeneration: observedGeneration.optional(),
   phase: runPhase.optional(),
   conditions: conditions.optional(),
-  vm: z.object({ name: z.string(), uuid: z.string() }).optional().describe('The VM as resolved in Prism.'),
+  vm: z
+    .object({ name: z.string(), uuid: z.string(), clusterUUID: z.string().optional().describe('Nutanix cluster (Prism Element) holding the VM.') })
+    .optional()
+    .describe('The VM as resolved in Prism.'),
+  pointId: z.string().optional().describe('Restore point this run writes in the repository (<repo>/<cluster>/<vm>/<pointId>).'),
+  base: z
+    .object({
+      runName: z.string(),
+      pointId: z.string(),
+      recoveryPointId: z.string(),
+    })
+    .optional()
+    .describe('The previous successful run of this VM into the same repository that incrementals chain onto.'),
+  commitJobName: z.string().optional().describe('Job that commits the restore point.'),
+  cleanupJobName: z.string().optional().describe('Job that removed the staging folder of a failed attempt.'),
   backupType: z.enum(['Full', 'Incremental']).optional().describe('What was actually done.'),
   backupTypeReason: z.string().optional().describe('Why, e.g. why an incremental fell back to a full.'),
   consistency: z.enum(['application', 'crash']).optional().describe('Consistency the recovery point actually has.'),
