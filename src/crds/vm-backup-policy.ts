@@ -17,11 +17,16 @@ import {
 const vmCriteria = {
   vmNames: z.array(z.string().min(1).max(256)).max(1000).optional().describe('VM names, exactly as in Prism.'),
   vmUUIDs: z.array(nutanixUuid).max(1000).optional(),
-  namePattern: z.string().min(1).max(256).optional().describe('Glob on the VM name, e.g. db-*.'),
+  namePattern: z
+    .string()
+    .min(1)
+    .max(256)
+    .optional()
+    .describe('Glob on the whole VM name, case-sensitive: * any run of characters, ? one character, [abc] one of a set; e.g. db-*.'),
   categories: z
     .record(z.string().min(1), z.array(z.string()).min(1))
     .optional()
-    .describe('Nutanix categories: a VM matches when it has, for some key, one of the listed values.'),
+    .describe('Nutanix categories: a VM matches when, for every key listed, it has one of the values listed for that key.'),
 };
 const hasCriterion = 'has(self.vmNames) || has(self.vmUUIDs) || has(self.namePattern) || has(self.categories)';
 
@@ -47,13 +52,23 @@ export const vmBackupPolicySpec = z.object({
   selector: vmSelector,
   schedule: z
     .string()
-    .regex(/^(@(yearly|annually|monthly|weekly|daily|midnight|hourly)|\S+( +\S+){4})$/)
-    .describe('Cron expression with five fields (minute hour day-of-month month day-of-week), or @daily and the like.'),
+    .regex(/^(@(yearly|annually|monthly|weekly|daily|midnight|hourly)|\S+( +\S+){4,5})$/)
+    .describe('Cron expression with five fields (minute hour day-of-month month day-of-week), six with a leading seconds field, or @daily and the like.'),
   timeZone: z.string().min(1).max(64).optional().describe('IANA time zone of the schedule, e.g. Europe/Berlin; UTC when unset.'),
-  suspend: z.boolean().default(false).describe('No new runs are scheduled while true; running ones finish.'),
+  suspend: z.boolean().default(false).describe('No new runs are scheduled while true; running ones finish; ticks missed while suspended are not run later.'),
+  startingDeadlineSeconds: z
+    .number()
+    .int()
+    .min(1)
+    .max(31 * 86_400)
+    .default(3600)
+    .describe('A tick missed (operator down) is still run when at most this late; older ticks are skipped and recorded. Only the newest missed tick is ever run.'),
   consistency: consistencyMode.default('auto'),
   fullBackup: z
-    .object({ everyDays: z.number().int().min(1).max(365).default(7).describe('A full backup at least every N days; incrementals between.') })
+    .object({
+      everyDays: z.number().int().min(1).max(365).default(7).describe('A full backup at least every N days; incrementals between.'),
+      everyRuns: z.number().int().min(1).max(1000).optional().describe('Also a full at least every N-th successful backup of a VM (1 = always full).'),
+    })
     .prefault({}),
   repository,
   retention,
@@ -68,16 +83,37 @@ export const vmBackupPolicyStatus = z.object({
   conditions: conditions.optional().describe('Ready, and a condition naming the field when the spec is invalid (e.g. the schedule).'),
   protectedVMs: z
     .array(z.object({ name: z.string(), uuid: z.string() }))
+    .max(100)
     .optional()
-    .describe('VMs the selector matches now.'),
+    .describe('VMs the selector matches now, the first 100 by name; protectedVMCount has the total.'),
   protectedVMCount: z.number().int().min(0).optional(),
   lastScheduleTime: timestamp.optional(),
   nextScheduleTime: timestamp.optional(),
   lastSuccessfulRuns: z
-    .array(z.object({ vmUUID: z.string(), vmName: z.string(), runName: z.string(), completionTime: timestamp }))
+    .array(
+      z.object({
+        vmUUID: z.string(),
+        vmName: z.string(),
+        runName: z.string(),
+        completionTime: timestamp,
+        pointId: z.string().optional().describe('Restore point the run wrote.'),
+        backupType: z.enum(['Full', 'Incremental']).optional(),
+        lastFullTime: timestamp.optional().describe('Completion of the last successful full backup of this VM: the full cadence counts from here.'),
+        incrementalsSinceFull: z.number().int().min(0).optional().describe('Successful incrementals since that full.'),
+      }),
+    )
+    .max(5000)
     .meta({ 'x-kubernetes-list-type': 'map', 'x-kubernetes-list-map-keys': ['vmUUID'] })
     .optional()
     .describe('Last successful run of each VM.'),
+  lastSkippedSchedule: z
+    .object({
+      scheduleTime: timestamp,
+      reason: z.enum(['Suspended', 'MissedStartingDeadline']),
+      message: z.string(),
+    })
+    .optional()
+    .describe('Newest tick that started no runs, and why; ticks before it are never run later.'),
 });
 export type VMBackupPolicyStatus = z.infer<typeof vmBackupPolicyStatus>;
 
