@@ -117,6 +117,16 @@ export interface ChangedRegionsRequest {
   signal?: AbortSignal;
 }
 
+export interface CreateRecoveryPointRequest {
+  vm: Vm;
+  name: string;
+  consistency: Consistency;
+  /** Idempotency key: the same key never creates two recovery points. */
+  requestId: string;
+  expiresAt?: Date;
+  signal?: AbortSignal;
+}
+
 export interface PrismClient {
   capabilities(signal?: AbortSignal): Promise<PrismCapabilities>;
   /** Every VM (paging through all of them), or those named exactly `name`. */
@@ -124,15 +134,7 @@ export interface PrismClient {
   getVm(uuid: string, signal?: AbortSignal): Promise<Vm>;
   /** By UUID or exact name; an ambiguous name is an InvalidInput error listing the UUIDs. */
   findVm(nameOrUuid: string, signal?: AbortSignal): Promise<Vm>;
-  createRecoveryPoint(request: {
-    vm: Vm;
-    name: string;
-    consistency: Consistency;
-    /** Idempotency key: the same key never creates two recovery points. */
-    requestId: string;
-    expiresAt?: Date;
-    signal?: AbortSignal;
-  }): Promise<RecoveryPoint>;
+  createRecoveryPoint(request: CreateRecoveryPointRequest): Promise<RecoveryPoint>;
   getRecoveryPoint(id: string, signal?: AbortSignal): Promise<RecoveryPoint | undefined>;
   listRecoveryPoints(options: { vmUuid: string; signal?: AbortSignal }): Promise<RecoveryPoint[]>;
   /** Idempotent: a recovery point that is already gone counts as deleted. */

@@ -31,12 +31,12 @@ import { type TaskWaitOptions, pathSegment, waitForV3Task } from './tasks.ts';
 import type {
   ChangedRegionsRequest,
   ClusterInfo,
-  Consistency,
   DiskExport,
   DiskRecoveryPoint,
   RecoveryPoint,
   Vm,
   VmDisk,
+  CreateRecoveryPointRequest,
 } from './types.ts';
 
 const base = '/api/nutanix/v3';
@@ -111,14 +111,7 @@ export class V3Backend {
     return toVm(res.data);
   }
 
-  async createRecoveryPoint(request: {
-    vm: Vm;
-    name: string;
-    consistency: Consistency;
-    requestId: string;
-    expiresAt?: Date;
-    signal?: AbortSignal;
-  }): Promise<RecoveryPoint> {
+  async createRecoveryPoint(request: CreateRecoveryPointRequest): Promise<RecoveryPoint> {
     const { signal } = request;
     const what = `create recovery point "${request.name}" of VM ${request.vm.name}`;
     const uuid = await this.reserveUuid(request.requestId, signal);

@@ -30,7 +30,7 @@ import {
   v4VolumeGroupSchema,
 } from './schemas.ts';
 import { type TaskWaitOptions, createdEntityId, pathSegment, waitForV4Task } from './tasks.ts';
-import type { ChangedRegionsRequest, ClusterInfo, Consistency, DiskExport, DiskRecoveryPoint, RecoveryPoint, Vm, VmDisk } from './types.ts';
+import type { ChangedRegionsRequest, ClusterInfo, DiskExport, DiskRecoveryPoint, RecoveryPoint, Vm, VmDisk, CreateRecoveryPointRequest } from './types.ts';
 import type { BackendDeps } from './v3.ts';
 
 /** API revision per v4 namespace: v4.0 is the first GA revision (pc.2024.3), served by every v4-capable PC. */
@@ -98,14 +98,7 @@ export class V4Backend {
     return convert(res.data.data);
   }
 
-  async createRecoveryPoint(request: {
-    vm: Vm;
-    name: string;
-    consistency: Consistency;
-    requestId: string;
-    expiresAt?: Date;
-    signal?: AbortSignal;
-  }): Promise<RecoveryPoint> {
+  async createRecoveryPoint(request: CreateRecoveryPointRequest): Promise<RecoveryPoint> {
     const { signal } = request;
     const what = `create recovery point "${request.name}" of VM ${request.vm.name}`;
     const body = v4RecoveryPointCreateSchema.parse({

@@ -2,7 +2,7 @@
  * File-system steps that must survive a crash: data reaches the disk (fsync) before a rename makes it visible,
  * and ENOSPC surfaces as a NoSpace error that tells the user what to do.
  */
-import { open, readdir, rename, rm, statfs } from 'node:fs/promises';
+import { access, open, readdir, rename, rm, statfs } from 'node:fs/promises';
 import { dirname, join, resolve } from 'node:path';
 import { AppError, ErrorCode, isAppError } from '../lib/errors.ts';
 
@@ -92,5 +92,14 @@ export async function freeBytes(path: string): Promise<number> {
     } catch (err) {
       if ((err as NodeJS.ErrnoException).code !== 'ENOENT' || at === dirname(at)) throw fsError(err, 'statfs', path);
     }
+  }
+}
+
+export async function exists(path: string): Promise<boolean> {
+  try {
+    await access(path);
+    return true;
+  } catch {
+    return false;
   }
 }

@@ -4,14 +4,14 @@
  * written before anything is created on Nutanix and lists what this attempt still owns there, so a run that
  * follows a SIGKILL can delete it (see recoverLeftovers).
  */
-import { access, mkdir, readFile, readdir, rename, rm } from 'node:fs/promises';
+import { mkdir, readFile, readdir, rename, rm } from 'node:fs/promises';
 import { hostname } from 'node:os';
 import { join } from 'node:path';
 import type { BlockChecksum, DiskCopyStats } from '../mover/types.ts';
 import { AppError, ErrorCode, throwIfAborted } from '../lib/errors.ts';
 import type { Logger } from '../lib/log.ts';
 import { writeChecksumsFile, type ByteRange } from './checksums.ts';
-import { fsError, fsyncPath, fsyncTree, writeFileAtomic } from './durable-fs.ts';
+import { exists, fsError, fsyncPath, fsyncTree, writeFileAtomic } from './durable-fs.ts';
 import {
   diskChecksumsName,
   diskImageName,
@@ -67,15 +67,6 @@ export interface CommitRequest {
   consistency: Manifest['consistency'];
   recoveryPoint: RecoveryPointRef;
   signal?: AbortSignal;
-}
-
-async function exists(path: string): Promise<boolean> {
-  try {
-    await access(path);
-    return true;
-  } catch {
-    return false;
-  }
 }
 
 function backingFileOf(pointId: string, parentPointId: string | null, index: number): string {

@@ -4,10 +4,11 @@
  * re-read through the chain (zero ranges must read as zeros). Problems are collected, not thrown, into a typed
  * report naming point, disk and guest offset.
  */
-import { access } from 'node:fs/promises';
 import { join, resolve } from 'node:path';
+// An xxh3 implementation independent of the mover's (hash-wasm): verification should not share the writer's code.
 import { xxh3 } from '@node-rs/xxhash';
 import { isAppError, throwIfAborted } from '../lib/errors.ts';
+import { exists } from './durable-fs.ts';
 import { readChecksumsFile, type ByteRange } from './checksums.ts';
 import { openImageReader, type ImageReader } from './image-reader.ts';
 import type { VmRef } from './layout.ts';
@@ -72,15 +73,6 @@ const zeros = Buffer.alloc(ZERO_READ_BYTES);
 function message(err: unknown): string {
   if (isAppError(err)) return err.oneLine();
   return err instanceof Error ? err.message : String(err);
-}
-
-async function exists(path: string): Promise<boolean> {
-  try {
-    await access(path);
-    return true;
-  } catch {
-    return false;
-  }
 }
 
 /** The images disk `index` of `point` depends on, top first, as the manifests describe them. */
