@@ -6,23 +6,18 @@
  *
  *   node bench/datapath.ts [--size 4GiB] [--runs 3] [--dir DIR] [--sweep]
  */
-import { execFile, spawn } from 'node:child_process';
-import { readFileSync } from 'node:fs';
-import { mkdtemp, rm, stat } from 'node:fs/promises';
+import { mkdtemp, rename, rm } from 'node:fs/promises';
 import os from 'node:os';
 import path from 'node:path';
-import { parseArgs, promisify } from 'node:util';
+import { parseArgs } from 'node:util';
 import { z } from 'zod';
 import { parseSize } from '../src/lib/size.ts';
 import { AllocationFlag, NbdClient } from '../src/nbd/client.ts';
-import { QEMU_NBD_MALLOC_ENV, startQemuNbd, type QemuNbdServer } from '../src/nbd/qemu-nbd.ts';
+import { startQemuNbd, type QemuNbdServer } from '../src/nbd/qemu-nbd.ts';
 import { copyDisk } from '../src/mover/copy-disk.ts';
 import { changeSampleDisk, createSampleDisk } from '../src/mover/sample-disk.ts';
 import { RegionType, type Region } from '../src/mover/types.ts';
-
-const run = promisify(execFile);
-const GiB = 1024 ** 3;
-const MiB = 1024 ** 2;
+import { ddDirect, GiB, median, MiB, nbdcopyToQcow2, qemuImgConvert, sh, timed as timedRun } from './contenders.ts';
 
 const { values } = parseArgs({
   options: {
@@ -44,35 +39,12 @@ interface Row {
   dataBytes: number;
 }
 
-/** utime+stime (+ reaped children's) of a process, in seconds, from /proc: CPU cost is stable on a busy host. */
-function cpuOf(pid: number | 'self'): number {
-  const fields = readFileSync(`/proc/${pid}/stat`, 'utf8').split(') ')[1]!.split(' ');
-  const ticks = [11, 12, 13, 14].reduce((n, i) => n + Number(fields[i]), 0);
-  return ticks / 100;
-}
-
-const median = (xs: number[]) => [...xs].sort((a, b) => a - b)[Math.floor(xs.length / 2)]!;
-
-let sourcePid = 0;
 let lastCpu = 0;
-/** Wall seconds of fn; its CPU seconds (ours, children, source qemu-nbd) are left in lastCpu. */
+/** Wall seconds of fn; its CPU seconds (this process tree, including the source qemu-nbd) are left in lastCpu. */
 async function timed(fn: () => Promise<unknown>): Promise<number> {
-  await run('sync');
-  const cpu0 = cpuOf('self') + cpuOf(sourcePid);
-  const t0 = performance.now();
-  await fn();
-  const wall = (performance.now() - t0) / 1000;
-  lastCpu = cpuOf('self') + cpuOf(sourcePid) - cpu0;
-  return wall;
-}
-
-async function sh(cmd: string, argv: string[], env?: Record<string, string>): Promise<void> {
-  await new Promise<void>((resolve, reject) => {
-    const child = spawn(cmd, argv, { stdio: ['ignore', 'ignore', 'pipe'], env: { ...process.env, ...env } });
-    let err = '';
-    child.stderr.on('data', (d: Buffer) => (err += d.toString()));
-    child.on('exit', (code) => (code === 0 ? resolve() : reject(new Error(`${cmd} ${argv.join(' ')} → ${code}: ${err}`))));
-  });
+  const t = await timedRun(fn);
+  lastCpu = t.cpuSeconds;
+  return t.seconds;
 }
 
 async function allocatedRegions(server: QemuNbdServer): Promise<Region[]> {
@@ -92,52 +64,29 @@ try {
   console.error(`generating ${args.size} sample disk in ${dir} …`);
   const layout = await createSampleDisk(raw, { sizeBytes, seed: 'bench', unitBytes: MiB, maxRunUnits: 16 });
   const server = await startQemuNbd({ image: raw, format: 'raw', shared: 8 });
-  sourcePid = server.pid;
   const regions = await allocatedRegions(server);
   const dataBytes = regions.filter((r) => r.type === RegionType.Regular).reduce((n, r) => n + r.length, 0);
   console.error(`data ${(dataBytes / GiB).toFixed(2)} GiB of ${(sizeBytes / GiB).toFixed(2)} GiB; ${os.cpus().length} cpus, ${os.cpus()[0]?.model}`);
-  const src = `nbd+unix:///?socket=${server.socketPath}`;
 
   const ours = (opts: { clusterSize?: number; requestSize?: number; inFlight?: number; syncEveryBytes?: number; direct?: boolean } = {}) => async () => {
     await rm(out, { force: true });
     return timed(() => copyDisk({ source: { socketPath: server.socketPath }, regions, sizeBytes, target: { path: out }, ...opts }));
   };
-  const qemuImgConvert = async () => {
-    await rm(out, { force: true });
-    return timed(async () => {
-      await sh('qemu-img', ['convert', '-W', '-m', '2', '-f', 'raw', '-O', 'qcow2', src, out]);
-      await sh('sync', ['-d', out]);
-    });
+  const ddFile = path.join(dir, 'dd.bin');
+  const contendersOfPeers = {
+    qemuImgConvert: () => timed(() => qemuImgConvert(server.socketPath, out)),
+    nbdcopy: () => timed(() => nbdcopyToQcow2(server.socketPath, out, sizeBytes, dir)),
+    ddDirect: async () => {
+      const t = await timed(() => ddDirect(ddFile, dataBytes));
+      await rm(ddFile, { force: true });
+      return t;
+    },
   };
-  const nbdcopy = async () => {
-    await rm(out, { force: true });
-    await sh('qemu-img', ['create', '-q', '-f', 'qcow2', out, String(sizeBytes)]);
-    const target = path.join(dir, 'target.sock');
-    const child = spawn('qemu-nbd', ['-f', 'qcow2', '-t', '-e', '4', `--socket=${target}`, out], { stdio: 'ignore', env: { ...process.env, ...QEMU_NBD_MALLOC_ENV } });
-    for (let i = 0; i < 500; i++) {
-      if (await stat(target).then(() => true, () => false)) break;
-      await new Promise((r) => setTimeout(r, 10));
-    }
-    try {
-      return await timed(() => sh('nbdcopy', ['-C', '1', '-R', '4', '--request-size=1048576', '--destination-is-zero', '--flush', src, `nbd+unix:///?socket=${target}`]));
-    } finally {
-      child.kill('SIGTERM');
-      await new Promise((r) => child.once('exit', r));
-    }
-  };
-  const ddDirect = async () => {
-    const file = path.join(dir, 'dd.bin');
-    await rm(file, { force: true });
-    const t = await timed(() => sh('dd', ['if=/dev/zero', `of=${file}`, 'bs=4M', `count=${Math.ceil(dataBytes / (4 * MiB))}`, 'oflag=direct', 'conv=fsync']));
-    await rm(file, { force: true });
-    return t;
-  };
-
   const contenders: Array<[string, () => Promise<number>]> = [
     ['ours (copyDisk → qcow2, fsync)', ours()],
-    ['qemu-img convert -W -m 2 (+sync)', qemuImgConvert],
-    ['nbdcopy -C1 -R4 1M → qemu-nbd qcow2 (--flush)', nbdcopy],
-    ['dd oflag=direct of the data bytes', ddDirect],
+    ['qemu-img convert -W -m 2 (+sync)', contendersOfPeers.qemuImgConvert],
+    ['nbdcopy -C1 -R4 1M → qemu-nbd qcow2 (--flush)', contendersOfPeers.nbdcopy],
+    ['dd oflag=direct of the data bytes', contendersOfPeers.ddDirect],
   ];
   if (args.sweep) {
     for (const [requestSize, inFlight] of [[1, 2], [2, 2], [4, 2], [1, 4], [4, 4], [8, 2]] as const) {
@@ -164,7 +113,7 @@ try {
   await sh('qemu-img', ['check', '-q', out]);
   await sh('qemu-img', ['compare', '-q', '-f', 'raw', '-F', 'qcow2', raw, out]);
   const full = path.join(dir, 'full.qcow2');
-  await run('mv', [out, full]);
+  await rename(out, full);
 
   // Incremental: 5 % of the disk in random 64 KiB blocks; qemu-nbd serves the file live.
   const changed = await changeSampleDisk(raw, sizeBytes, { seed: 'bench-5pct', fraction: 0.05 });
