@@ -1,0 +1,296 @@
+/**
+ * The "kubelet stand-in" of the e2e tests: the local test bed has no kubelet and no Job controller, so this
+ * watches Jobs of one namespace on the real apiserver and runs each Job's (single) container command as a local
+ * process, then writes the Job's status the way the Job controller would.
+ *
+ * - env: literal values, secretKeyRef (read with the admin kubeconfig), fieldRef metadata.namespace / metadata.name;
+ * - KUBECONFIG: a TokenRequest token of the pod's ServiceAccount, so RBAC applies to the process as in a pod;
+ * - volumes: a private mount namespace (`unshare --mount`) bind-mounts each PVC's host directory and a fresh
+ *   emptyDir at the container's mount paths, so the process sees /repository and /tmp exactly as in a pod;
+ * - the termination message goes to a host file named by env SENDENSE_TERMINATION_LOG (the container's
+ *   /dev/termination-log does not exist here) and is kept for the test to read;
+ * - deleting the Job kills the process group (SIGTERM, then SIGKILL after 5 s).
+ *
+ * Not emulated: images (the container's command runs from this checkout), the securityContext (the process runs as
+ * root, which the bind mounts need), resource limits, activeDeadlineSeconds, Pods (none are created).
+ */
+import { spawn, type ChildProcess } from 'node:child_process';
+import { mkdtemp, readFile, rm, writeFile } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
+import { dirname, join, resolve } from 'node:path';
+import { fileURLToPath } from 'node:url';
+import { BatchV1Api, CoreV1Api, KubeConfig, makeInformer, Observable, PatchStrategy, type ConfigurationOptions, type V1Job } from '@kubernetes/client-node';
+import { createLogger } from '../../src/lib/log.ts';
+
+const log = createLogger({ name: 'kubelet-stand-in', level: process.env.LOG_LEVEL ?? 'warn' });
+const repoRoot = resolve(dirname(fileURLToPath(import.meta.url)), '../..');
+
+export interface KubeletOptions {
+  kubeconfigAdmin: string;
+  namespace: string;
+  /** Host directory of each PersistentVolumeClaim by claim name. */
+  persistentVolumes: Record<string, string>;
+  /** Mints a kubeconfig for a ServiceAccount (Testbed.kubeconfigFor). */
+  kubeconfigFor(serviceAccount: string, namespace: string): Promise<string>;
+  /** Container command → host program; `sendense-nutanix` maps to bin/sendense-nutanix of this checkout. */
+  programs?: Record<string, string>;
+  /** Added to every process's environment (e.g. LOG_LEVEL). */
+  extraEnv?: Record<string, string>;
+}
+
+export interface JobRun {
+  pid: number;
+  /** Resolves with the exit code (or null when killed by a signal). */
+  exited: Promise<number | null>;
+  output(): string;
+  terminationMessage(): Promise<string | undefined>;
+}
+
+export interface KubeletStandIn {
+  /** The process started for a Job, once it started. */
+  run(jobName: string): JobRun | undefined;
+  /** Waits until the Job's process has started. */
+  started(jobName: string, timeoutMs?: number): Promise<JobRun>;
+  stop(): Promise<void>;
+}
+
+/** metav1.Time has second precision; the apiserver refuses a startTime that differs from the stored one. */
+function apiTime(date = new Date()): string {
+  return date.toISOString().replace(/\.\d{3}Z$/, 'Z');
+}
+
+function shellQuote(text: string): string {
+  return `'${text.replaceAll("'", "'\\''")}'`;
+}
+
+function mergePatchOptions(): ConfigurationOptions {
+  return {
+    middleware: [
+      {
+        pre: (context) => {
+          context.setHeaderParam('Content-Type', PatchStrategy.MergePatch);
+          return new Observable(Promise.resolve(context));
+        },
+        post: (context) => new Observable(Promise.resolve(context)),
+      },
+    ],
+    middlewareMergeStrategy: 'append',
+  };
+}
+
+interface Running extends JobRun {
+  child: ChildProcess;
+  workDir: string;
+  deleted: boolean;
+}
+
+export async function startKubelet(options: KubeletOptions): Promise<KubeletStandIn> {
+  const config = new KubeConfig();
+  config.loadFromFile(options.kubeconfigAdmin);
+  const batch = config.makeApiClient(BatchV1Api);
+  const core = config.makeApiClient(CoreV1Api);
+  const { namespace } = options;
+  const programs: Record<string, string> = { 'sendense-nutanix': join(repoRoot, 'bin/sendense-nutanix'), ...options.programs };
+  const runs = new Map<string, Running>();
+  const seen = new Set<string>();
+  const waiters = new Map<string, ((run: Running) => void)[]>();
+  let stopped = false;
+
+  const patchJobStatus = async (name: string, status: Record<string, unknown>) => {
+    await batch.patchNamespacedJobStatus({ name, namespace, body: { status } }, mergePatchOptions());
+  };
+
+  async function resolveEnv(job: V1Job, podName: string): Promise<Record<string, string>> {
+    const container = job.spec?.template.spec?.containers[0];
+    const env: Record<string, string> = {};
+    for (const variable of container?.env ?? []) {
+      if (variable.value !== undefined) env[variable.name] = variable.value;
+      const secretRef = variable.valueFrom?.secretKeyRef;
+      if (secretRef) {
+        const secret = await core.readNamespacedSecret({ name: secretRef.name ?? '', namespace });
+        const data = secret.data?.[secretRef.key];
+        if (data === undefined) {
+          if (secretRef.optional) continue;
+          throw new Error(`secret ${secretRef.name} has no key ${secretRef.key}`);
+        }
+        env[variable.name] = Buffer.from(data, 'base64').toString('utf8');
+      }
+      const fieldPath = variable.valueFrom?.fieldRef?.fieldPath;
+      if (fieldPath === 'metadata.namespace') env[variable.name] = namespace;
+      if (fieldPath === 'metadata.name') env[variable.name] = podName;
+    }
+    return env;
+  }
+
+  /** The shell script run in the private mount namespace: bind mounts, then exec of the container command. */
+  async function mountScript(job: V1Job, workDir: string): Promise<string> {
+    const pod = job.spec?.template.spec;
+    const container = pod?.containers[0];
+    const lines: string[] = ['set -e'];
+    for (const mount of container?.volumeMounts ?? []) {
+      const volume = pod?.volumes?.find((v) => v.name === mount.name);
+      let hostDir: string | undefined;
+      if (volume?.persistentVolumeClaim) hostDir = options.persistentVolumes[volume.persistentVolumeClaim.claimName];
+      else if (volume?.emptyDir) hostDir = await mkdtemp(join(workDir, `empty-${mount.name}-`));
+      if (!hostDir) throw new Error(`volume ${mount.name} of Job ${job.metadata?.name}: no host directory (claim not in persistentVolumes?)`);
+      // The mount point must exist; in the private namespace only the (empty) directory is visible on the host.
+      lines.push(`mkdir -p ${shellQuote(mount.mountPath)}`, `mount --bind ${shellQuote(hostDir)} ${shellQuote(mount.mountPath)}`);
+    }
+    lines.push('exec "$@"');
+    return lines.join('\n');
+  }
+
+  async function start(job: V1Job): Promise<void> {
+    const name = job.metadata?.name ?? '';
+    const container = job.spec?.template.spec?.containers[0];
+    const command = [...(container?.command ?? []), ...(container?.args ?? [])];
+    const workDir = await mkdtemp(join(tmpdir(), `kubelet-${name}-`));
+    const terminationLog = join(workDir, 'termination-log');
+    const startTime = apiTime();
+    try {
+      if (command.length === 0) throw new Error('the container has no command');
+      const first = command[0] ?? '';
+      const program = programs[first] ?? first;
+      const env = await resolveEnv(job, `${name}-standin`);
+      const serviceAccount = job.spec?.template.spec?.serviceAccountName ?? 'default';
+      const kubeconfig = await options.kubeconfigFor(serviceAccount, namespace);
+      const script = await mountScript(job, workDir);
+      await writeFile(terminationLog, '');
+      await patchJobStatus(name, { startTime, active: 1 });
+      const child = spawn('unshare', ['--mount', '--propagation', 'private', '--', 'sh', '-c', script, 'sh', program, ...command.slice(1)], {
+        env: { PATH: process.env.PATH ?? '/usr/bin:/bin', HOME: '/tmp', ...options.extraEnv, ...env, KUBECONFIG: kubeconfig, SENDENSE_TERMINATION_LOG: terminationLog },
+        stdio: ['ignore', 'pipe', 'pipe'],
+        detached: true,
+      });
+      let output = '';
+      const collect = (chunk: Buffer) => {
+        output = (output + chunk.toString('utf8')).slice(-256 * 1024);
+      };
+      child.stdout?.on('data', collect);
+      child.stderr?.on('data', collect);
+      const exited = new Promise<number | null>((resolveExit) => child.once('exit', (code) => resolveExit(code)));
+      const running: Running = {
+        pid: child.pid ?? 0,
+        child,
+        workDir,
+        deleted: false,
+        exited,
+        output: () => output,
+        terminationMessage: async () => (await readFile(terminationLog, 'utf8').catch(() => '')) || undefined,
+      };
+      runs.set(name, running);
+      for (const wake of waiters.get(name) ?? []) wake(running);
+      waiters.delete(name);
+      void exited.then((code) => finish(name, running, code, startTime));
+    } catch (err) {
+      log.warn({ job: name, err: err instanceof Error ? err.message : String(err) }, 'job could not start');
+      await markFinished(name, false, startTime, 'StartFailed', err instanceof Error ? err.message : String(err)).catch(() => undefined);
+      await rm(workDir, { recursive: true, force: true });
+    }
+  }
+
+  async function markFinished(name: string, succeeded: boolean, startTime: string, reason: string, message: string): Promise<void> {
+    const now = apiTime();
+    // The apiserver wants the "criteria met" condition beside the terminal one, as the Job controller writes them.
+    const conditions = succeeded
+      ? [
+          { type: 'SuccessCriteriaMet', status: 'True', reason: 'CompletionsReached', message: 'Reached expected number of succeeded pods', lastProbeTime: now, lastTransitionTime: now },
+          { type: 'Complete', status: 'True', reason: 'CompletionsReached', message: 'Reached expected number of succeeded pods', lastProbeTime: now, lastTransitionTime: now },
+        ]
+      : [
+          { type: 'FailureTarget', status: 'True', reason, message, lastProbeTime: now, lastTransitionTime: now },
+          { type: 'Failed', status: 'True', reason, message, lastProbeTime: now, lastTransitionTime: now },
+        ];
+    await patchJobStatus(name, {
+      startTime,
+      active: 0,
+      ready: 0,
+      ...(succeeded ? { succeeded: 1, completionTime: now } : { failed: 1 }),
+      conditions,
+    });
+  }
+
+  async function finish(name: string, running: Running, code: number | null, startTime: string): Promise<void> {
+    if (running.deleted || stopped) return;
+    const message = code === 0 ? '' : ((await running.terminationMessage()) ?? `exit code ${code}`);
+    try {
+      await markFinished(name, code === 0, startTime, code === null ? 'PodKilled' : 'BackoffLimitExceeded', message.slice(0, 1024));
+    } catch (err) {
+      log.warn({ job: name, err: err instanceof Error ? err.message : String(err) }, 'job status not written');
+    }
+  }
+
+  async function kill(running: Running): Promise<void> {
+    if (running.child.exitCode !== null || running.child.signalCode !== null) return;
+    const group = -running.pid;
+    try {
+      process.kill(group, 'SIGTERM');
+    } catch {
+      return;
+    }
+    const timer = setTimeout(() => {
+      try {
+        process.kill(group, 'SIGKILL');
+      } catch {
+        // already gone
+      }
+    }, 5000);
+    await running.exited;
+    clearTimeout(timer);
+  }
+
+  const informer = makeInformer<V1Job>(config, `/apis/batch/v1/namespaces/${namespace}/jobs`, () => batch.listNamespacedJob({ namespace }));
+  const onJob = (job: V1Job) => {
+    const name = job.metadata?.name;
+    const uid = job.metadata?.uid;
+    if (!name || !uid || seen.has(uid) || stopped || job.metadata?.deletionTimestamp) return;
+    const finished = job.status?.conditions?.some((c) => (c.type === 'Complete' || c.type === 'Failed') && c.status === 'True');
+    if (finished || job.spec?.suspend) return;
+    seen.add(uid);
+    void start(job);
+  };
+  informer.on('add', onJob);
+  informer.on('update', onJob);
+  // A Job deleted with the legacy "orphan" propagation keeps a finalizer (no garbage collector here to remove
+  // it): a deletionTimestamp counts as deleted, as it does for a kubelet's pods.
+  const onDeleted = (job: V1Job) => {
+    const running = job.metadata?.name ? runs.get(job.metadata.name) : undefined;
+    if (!running || running.deleted) return;
+    running.deleted = true;
+    void kill(running);
+  };
+  informer.on('delete', onDeleted);
+  informer.on('update', (job) => {
+    if (job.metadata?.deletionTimestamp) onDeleted(job);
+  });
+  informer.on('error', (err) => {
+    if (stopped) return;
+    log.warn({ err: err instanceof Error ? err.message : String(err) }, 'job watch failed; restarting');
+    setTimeout(() => void informer.start().catch(() => undefined), 500);
+  });
+  await informer.start();
+
+  return {
+    run: (jobName) => runs.get(jobName),
+    started: (jobName, timeoutMs = 30_000) => {
+      const existing = runs.get(jobName);
+      if (existing) return Promise.resolve(existing);
+      return new Promise<JobRun>((resolveRun, reject) => {
+        const timer = setTimeout(() => reject(new Error(`Job ${jobName} did not start within ${timeoutMs} ms`)), timeoutMs);
+        waiters.set(jobName, [
+          ...(waiters.get(jobName) ?? []),
+          (run) => {
+            clearTimeout(timer);
+            resolveRun(run);
+          },
+        ]);
+      });
+    },
+    stop: async () => {
+      stopped = true;
+      await informer.stop();
+      await Promise.all([...runs.values()].map((running) => kill(running)));
+      await Promise.all([...runs.values()].map((running) => rm(running.workDir, { recursive: true, force: true })));
+    },
+  };
+}
