@@ -93,7 +93,7 @@ export class EventRecorder {
       if (this.series.size >= maxTracked) this.series.delete(this.series.keys().next().value as string);
       this.series.set(key, { name, namespace, count: 1 });
     } catch (err) {
-      this.log.warn({ err, reason: input.reason, object: `${namespace}/${meta.name}` }, 'could not record event');
+      this.log.warn({ err: err instanceof Error ? err.message : err, reason: input.reason, object: `${namespace}/${meta.name}` }, 'could not record event');
     }
   }
 }
