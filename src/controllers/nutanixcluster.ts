@@ -131,9 +131,10 @@ async function reconcileCluster(request: ReconcileRequest, context: ReconcileCon
   }
 }
 
-type Resolution = { connection: PrismConnection } | { verdict: Verdict };
+export type Resolution = { connection: PrismConnection } | { verdict: Verdict };
 
-function resolveConnection(cluster: NutanixCluster, secrets: Informer): Resolution {
+/** The Prism connection of a NutanixCluster from its Secrets, or why it cannot be built (also used by the run controller). */
+export function resolveConnection(cluster: NutanixCluster, secrets: Informer): Resolution {
   const namespace = cluster.metadata.namespace ?? '';
   const ref = cluster.spec.credentialsSecretRef;
   const notChecked = { status: 'Unknown', reason: Reason.NotChecked, message: 'not checked until the credentials can be read' } as const;

@@ -230,7 +230,8 @@ async function deleteOldBases(
   }
 }
 
-function vmConfig(vm: Vm): repository.VmConfig {
+/** The VM configuration a manifest records (also used by the run controller for its commit Job). */
+export function vmConfig(vm: Vm): repository.VmConfig {
   return {
     uuid: vm.uuid,
     name: vm.name,
