@@ -7,8 +7,10 @@ import type { Command } from 'commander';
 import { z } from 'zod';
 import { nutanixClusterController } from '../controllers/nutanixcluster.ts';
 import { moverSettingsFromEnv, vmBackupRunController } from '../controllers/vmbackuprun.ts';
+import { vmBackupPolicyController } from '../controllers/vmbackuppolicy.ts';
 import { AppError, ErrorCode } from '../lib/errors.ts';
 import { createLogger } from '../lib/log.ts';
+import { VmInventory } from '../operator/inventory.ts';
 import { KubeApi } from '../operator/kube.ts';
 import { Manager } from '../operator/manager.ts';
 import { parseDuration } from '../operator/time.ts';
@@ -109,6 +111,7 @@ export function registerOperatorCommand(program: Command): void {
       });
       manager.addController(nutanixClusterController({ discoveryIntervalMs: settings.discoveryIntervalMs }));
       manager.addController(vmBackupRunController({ mover: moverSettingsFromEnv(process.env) }));
+      manager.addController(vmBackupPolicyController({ inventory: new VmInventory() }));
       log.info({ namespace: settings.namespace, identity: settings.identity, leaderElection: settings.leaderElection !== false }, 'operator starting');
       const stopped = new Promise<void>((resolve) => signal.addEventListener('abort', () => resolve(), { once: true }));
       await Promise.race([manager.start(), stopped]);
