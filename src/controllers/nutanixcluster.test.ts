@@ -65,7 +65,8 @@ describe('NutanixCluster controller', () => {
     await Promise.all([env?.stop(), sim?.stop()]);
   });
 
-  it('a valid cluster becomes Ready with the figures Prism reports', async () => {
+  it('a valid cluster becomes Ready with the figures Prism reports, listing VMs in pages without per-VM GETs', async () => {
+    await sim.admin.resetCounters();
     await env.apply([secret('prism-valid', { username: sim.username, password: sim.password }), cluster('valid', { credentialsSecretRef: { name: 'prism-valid' }, caSecretRef: { name: 'prism-ca' } })]);
     const ready = await waitFor('valid', 'Ready', 'True', 'Discovered');
 
@@ -85,6 +86,9 @@ describe('NutanixCluster controller', () => {
     expect(status?.observedGeneration).toBe(ready.metadata.generation);
     expect(Date.parse(status?.lastDiscoveryTime ?? '')).toBeGreaterThan(Date.now() - 60_000);
     for (const type of ['CredentialsValid', 'Reachable']) expect(status?.conditions?.find((c) => c.type === type)?.status).toBe('True');
+    const routes = Object.keys((await sim.admin.counters()).byRoute);
+    expect(routes.some((r) => /vms/.test(r))).toBe(true);
+    expect(routes.filter((r) => /^GET .*\/vms\/\{/.test(r))).toEqual([]);
   });
 
   it('a wrong password is CredentialsValid=False Unauthenticated, and fixing the Secret makes it Ready without a restart', async () => {

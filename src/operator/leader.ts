@@ -105,11 +105,12 @@ export class LeaderElector {
       let acquired = false;
       try {
         acquired = await this.tryAcquireOrRenew(AbortSignal.any([signal, AbortSignal.timeout(this.retryPeriodMs * 2)]));
+        // Leader or standby is known only once the Lease could be read.
+        this.decided = true;
       } catch (err) {
         if (signal.aborted) break;
         this.log.warn({ err: err instanceof Error ? err.message : err }, 'lease update failed');
       }
-      this.decided = true;
       if (acquired) {
         lastRenew = Date.now();
         this.setLeading(true);

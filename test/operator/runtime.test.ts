@@ -122,6 +122,30 @@ describe('operator runtime', () => {
     expect((await get(secondPort, '/metrics')).text).toMatch(/^leader_election_master_status\{name="sendense-nutanix-operator"\} 1$/m);
   });
 
+  it('a standby takes over the lease of a leader that crashed once the lease expires, not before', async () => {
+    // A crashed leader leaves its Lease behind, unreleased and no longer renewed.
+    const renewTime = new Date().toISOString().replace(/\.(\d{3})Z$/, '.$1000Z');
+    await env.admin.create(
+      leaseType,
+      env.namespace,
+      {
+        apiVersion: 'coordination.k8s.io/v1',
+        kind: 'Lease',
+        metadata: { name: 'crash-test' },
+        spec: { holderIdentity: 'crashed-operator', leaseDurationSeconds: 2, acquireTime: renewTime, renewTime, leaseTransitions: 0 },
+      },
+      AbortSignal.timeout(10_000),
+    );
+    const standby = await newManager('standby', { name: 'crash-test' });
+    standby.addController(nutanixClusterController());
+    await standby.start();
+    const lease = async () => leaseSchema.parse(await env.admin.get(leaseType, env.namespace, 'crash-test', AbortSignal.timeout(10_000)));
+    expect(standby.isLeader()).toBe(false);
+    expect((await lease()).spec.holderIdentity).toBe('crashed-operator');
+    await eventually('the standby to take over', async () => (standby.isLeader() ? true : undefined));
+    expect(await lease()).toMatchObject({ spec: { holderIdentity: 'standby', leaseTransitions: 1 } });
+  });
+
   it('retries retryable failures with backoff and parks non-retryable ones as Ready=False with a Warning event', async () => {
     const attempts = new Map<string, number>();
     const flaky: ControllerDefinition = {
