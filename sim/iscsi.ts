@@ -13,6 +13,8 @@ import { promisify } from 'node:util';
 const execFileAsync = promisify(execFile);
 export const ISCSI_PORT = 3260;
 export const NUTANIX_IQN_PREFIX = 'iqn.2010-06.com.nutanix:';
+/** tgtadm refuses a control port above 32767 ("-C argument value … out of range"), so tgtd would never answer. */
+export const TGTD_CONTROL_PORTS = { min: 20000, max: 32767 } as const;
 
 function portFree(ip: string, port: number): Promise<boolean> {
   return new Promise((resolve) => {
@@ -48,7 +50,7 @@ export class Tgtd {
   static async start(): Promise<Tgtd> {
     for (let attempt = 0; attempt < 20; attempt++) {
       const ip = `127.${randomInt(1, 255)}.${randomInt(0, 256)}.${randomInt(2, 255)}`;
-      const controlPort = randomInt(20000, 60000);
+      const controlPort = randomInt(TGTD_CONTROL_PORTS.min, TGTD_CONTROL_PORTS.max + 1);
       if (existsSync(`/var/run/tgtd/socket.${controlPort}`) || !(await portFree(ip, ISCSI_PORT))) continue;
       // setpriv --pdeathsig: a simulator killed without its cleanup still takes its tgtd with it.
       const child = spawn('setpriv', ['--pdeathsig', 'KILL', 'tgtd', '-f', '--iscsi', `portal=${ip}:${ISCSI_PORT}`, '-C', String(controlPort)], {
