@@ -63,7 +63,7 @@ async function copyWithRetries(request: DiskRequest, point: SharedPoint, deps: D
         ...(request.changedRegionBlockSize ? { changedRegionBlockSize: request.changedRegionBlockSize } : {}),
         signal: deps.signal,
         log: deps.log,
-        onProgress: (event) => reporter.update(progressFigures(event, request.disk.sizeBytes, startedAt)),
+        onProgress: (event) => reporter.update(progressFigures(event, request.disk.sizeBytes, startedAt), event.phase),
       });
       return await point.writeDiskResult({
         index: request.disk.index,

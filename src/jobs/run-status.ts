@@ -113,7 +113,8 @@ export function diskStatusPatch(index: number, diskUuid: string, figures: DiskFi
 }
 
 /**
- * Sends the latest progress every `intervalMs` while a disk copies: never two patches at once, a failed progress
+ * Sends the latest progress every `intervalMs` while a disk copies, and at once when the phase changes (so the
+ * status shows the copy's total as soon as the plan is known): never two patches at once, a failed progress
  * patch is logged and skipped (the copy matters more than the progress bar).
  */
 export class ProgressReporter {
@@ -123,6 +124,7 @@ export class ProgressReporter {
   readonly #log: Logger;
   readonly #signal: AbortSignal;
   #latest: DiskFigures | undefined;
+  #phase: string | undefined;
   #sent: string | undefined;
   #timer: NodeJS.Timeout;
   #inFlight: Promise<void> = Promise.resolve();
@@ -138,8 +140,11 @@ export class ProgressReporter {
     this.#timer = setInterval(() => this.#tick(), intervalMs);
   }
 
-  update(figures: DiskFigures): void {
+  update(figures: DiskFigures, phase: string): void {
     this.#latest = figures;
+    if (phase === this.#phase) return;
+    this.#phase = phase;
+    this.#tick();
   }
 
   #tick(): void {

@@ -7,15 +7,15 @@
  * - KUBECONFIG: a TokenRequest token of the pod's ServiceAccount, so RBAC applies to the process as in a pod;
  * - volumes: a private mount namespace (`unshare --mount`) bind-mounts each PVC's host directory and a fresh
  *   emptyDir at the container's mount paths, so the process sees /repository and /tmp exactly as in a pod;
- * - the termination message goes to a host file named by env SENDENSE_TERMINATION_LOG (the container's
- *   /dev/termination-log does not exist here) and is kept for the test to read;
+ * - KUBECONFIG and the termination-message file (env SENDENSE_TERMINATION_LOG: /dev/termination-log cannot be
+ *   created here) live in the pod directory, bound at /run/sendense-kubelet-pod; the message is kept for the test;
  * - deleting the Job kills the process group (SIGTERM, then SIGKILL after 5 s).
  *
  * Not emulated: images (the container's command runs from this checkout), the securityContext (the process runs as
  * root, which the bind mounts need), resource limits, activeDeadlineSeconds, Pods (none are created).
  */
 import { spawn, type ChildProcess } from 'node:child_process';
-import { mkdtemp, readFile, rm, writeFile } from 'node:fs/promises';
+import { copyFile, mkdir, mkdtemp, readFile, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { dirname, join, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
@@ -24,6 +24,8 @@ import { createLogger } from '../../src/lib/log.ts';
 
 const log = createLogger({ name: 'kubelet-stand-in', level: process.env.LOG_LEVEL ?? 'warn' });
 const repoRoot = resolve(dirname(fileURLToPath(import.meta.url)), '../..');
+/** Where the process finds its kubeconfig and termination-log file (the pod's own directory, like a kubelet's). */
+const podDir = '/run/sendense-kubelet-pod';
 
 export interface KubeletOptions {
   kubeconfigAdmin: string;
@@ -63,7 +65,8 @@ function shellQuote(text: string): string {
   return `'${text.replaceAll("'", "'\\''")}'`;
 }
 
-function mergePatchOptions(): ConfigurationOptions {
+/** Request options for a JSON merge patch (the client's default patch type is JSON patch). */
+export function mergePatchOptions(): ConfigurationOptions {
   return {
     middleware: [
       {
@@ -122,19 +125,27 @@ export async function startKubelet(options: KubeletOptions): Promise<KubeletStan
     return env;
   }
 
-  /** The shell script run in the private mount namespace: bind mounts, then exec of the container command. */
+  /**
+   * The shell script run in the private mount namespace. Every source is first bound under the pod directory
+   * (itself bound at podDir), then onto its mount path: mounting over /tmp cannot hide a later source under /tmp.
+   */
   async function mountScript(job: V1Job, workDir: string): Promise<string> {
     const pod = job.spec?.template.spec;
     const container = pod?.containers[0];
-    const lines: string[] = ['set -e'];
-    for (const mount of container?.volumeMounts ?? []) {
+    const lines: string[] = ['set -e', `mkdir -p ${podDir}`, `mount --bind ${shellQuote(workDir)} ${podDir}`];
+    for (const [i, mount] of (container?.volumeMounts ?? []).entries()) {
       const volume = pod?.volumes?.find((v) => v.name === mount.name);
       let hostDir: string | undefined;
       if (volume?.persistentVolumeClaim) hostDir = options.persistentVolumes[volume.persistentVolumeClaim.claimName];
       else if (volume?.emptyDir) hostDir = await mkdtemp(join(workDir, `empty-${mount.name}-`));
       if (!hostDir) throw new Error(`volume ${mount.name} of Job ${job.metadata?.name}: no host directory (claim not in persistentVolumes?)`);
-      // The mount point must exist; in the private namespace only the (empty) directory is visible on the host.
-      lines.push(`mkdir -p ${shellQuote(mount.mountPath)}`, `mount --bind ${shellQuote(hostDir)} ${shellQuote(mount.mountPath)}`);
+      const staged = `${podDir}/volume-${i}`;
+      await mkdir(join(workDir, `volume-${i}`));
+      lines.push(`mount --bind ${shellQuote(hostDir)} ${staged}`);
+    }
+    for (const [i, mount] of (container?.volumeMounts ?? []).entries()) {
+      // The mount point must exist; outside the private namespace only an empty directory is left.
+      lines.push(`mkdir -p ${shellQuote(mount.mountPath)}`, `mount --bind ${podDir}/volume-${i} ${shellQuote(mount.mountPath)}`);
     }
     lines.push('exec "$@"');
     return lines.join('\n');
@@ -153,12 +164,12 @@ export async function startKubelet(options: KubeletOptions): Promise<KubeletStan
       const program = programs[first] ?? first;
       const env = await resolveEnv(job, `${name}-standin`);
       const serviceAccount = job.spec?.template.spec?.serviceAccountName ?? 'default';
-      const kubeconfig = await options.kubeconfigFor(serviceAccount, namespace);
+      await copyFile(await options.kubeconfigFor(serviceAccount, namespace), join(workDir, 'kubeconfig'));
       const script = await mountScript(job, workDir);
       await writeFile(terminationLog, '');
       await patchJobStatus(name, { startTime, active: 1 });
       const child = spawn('unshare', ['--mount', '--propagation', 'private', '--', 'sh', '-c', script, 'sh', program, ...command.slice(1)], {
-        env: { PATH: process.env.PATH ?? '/usr/bin:/bin', HOME: '/tmp', ...options.extraEnv, ...env, KUBECONFIG: kubeconfig, SENDENSE_TERMINATION_LOG: terminationLog },
+        env: { PATH: process.env.PATH ?? '/usr/bin:/bin', HOME: '/tmp', ...options.extraEnv, ...env, KUBECONFIG: `${podDir}/kubeconfig`, SENDENSE_TERMINATION_LOG: `${podDir}/termination-log` },
         stdio: ['ignore', 'pipe', 'pipe'],
         detached: true,
       });
