@@ -5,7 +5,7 @@
  */
 import { randomUUID } from 'node:crypto';
 import { mapBounded } from '../lib/concurrency.ts';
-import { AppError, ErrorCode } from '../lib/errors.ts';
+import { AppError, ErrorCode, isAppError } from '../lib/errors.ts';
 import { failpoint, Failpoint } from '../lib/failpoint.ts';
 import { createLogger, type Logger } from '../lib/log.ts';
 import type { StorageTier } from '../mover/tiers.ts';
@@ -77,14 +77,20 @@ export async function backupVm(prism: PrismClient, request: BackupRequest): Prom
     if (stale.length) log.info({ vm: vm.name, recoveryPoints: stale }, 'deleted stale recovery points of earlier backups');
     const requestId = randomUUID();
     await staged.recordRecoveryPointRequest(requestId);
-    recoveryPoint = await prism.createRecoveryPoint({
-      vm,
-      name: recoveryPointName(staged.pointId),
-      consistency: consistencyPlan.request,
-      requestId,
-      signal,
-    });
+    try {
+      recoveryPoint = await prism.createRecoveryPoint({
+        vm,
+        name: recoveryPointName(staged.pointId),
+        consistency: consistencyPlan.request,
+        requestId,
+        signal,
+      });
+    } catch (err) {
+      if (refusedOutright(err)) await staged.settleRecoveryPointRequest();
+      throw err;
+    }
     await staged.addResource({ kind: 'recovery-point', id: recoveryPoint.id, detail: { generation: recoveryPoint.generation } });
+    await staged.settleRecoveryPointRequest();
     const obtained = judgeObtained(request.consistency, consistencyPlan, recoveryPoint.consistency, vm.name);
     log.info({ vm: vm.name, recoveryPoint: recoveryPoint.id, consistency: obtained.obtained, reason: obtained.downgradeReason }, 'recovery point created');
 
@@ -197,13 +203,22 @@ async function copyOneDisk(
   return result.fullReason ? { overlay: result.overlay, fullReason: result.fullReason } : { overlay: result.overlay };
 }
 
+/** Prism refused the request itself (auth, permission, validation): it cannot have created anything. */
+function refusedOutright(err: unknown): boolean {
+  const refusals: readonly string[] = [ErrorCode.Unauthenticated, ErrorCode.Forbidden, ErrorCode.InvalidInput, ErrorCode.NotFound];
+  return isAppError(err) && refusals.includes(err.code);
+}
+
 /** Deletes this attempt's recovery point and staging; whatever cannot be deleted stays journaled for the next run. */
 async function abortAttempt(prism: PrismClient, vm: Vm, staged: repository.StagedPoint, recoveryPoint: RecoveryPoint | undefined, log: Logger): Promise<void> {
   // Clean-up must run even when the backup was aborted, but not forever.
   const cleanupSignal = AbortSignal.timeout(120_000);
   try {
-    const deleted = await deleteAttemptRecoveryPoints(prism, vm.uuid, staged.pointId, recoveryPoint?.id, cleanupSignal);
-    for (const id of deleted) await staged.removeResource('recovery-point', id);
+    if (recoveryPoint !== undefined || staged.journal.recoveryPointRequestId !== undefined) {
+      const deleted = await deleteAttemptRecoveryPoints(prism, vm.uuid, staged.pointId, recoveryPoint?.id, cleanupSignal);
+      for (const id of deleted) await staged.removeResource('recovery-point', id);
+      await staged.settleRecoveryPointRequest();
+    }
   } catch (err) {
     log.warn({ vm: vm.name, point: staged.pointId, err: err instanceof Error ? err.message : String(err) }, 'recovery point kept in the journal for the next run');
   }

@@ -196,6 +196,15 @@ export class StagedPoint {
     await this.#writeJournal();
   }
 
+  /**
+   * The recovery point request has a known outcome (recorded as a resource, refused outright, or deleted): no
+   * recovery point of this attempt can exist on Nutanix beyond the recorded resources.
+   */
+  async settleRecoveryPointRequest(): Promise<void> {
+    delete this.#journal.recoveryPointRequestId;
+    await this.#writeJournal();
+  }
+
   /** Records something just created on Nutanix (recovery point, volume group, iSCSI attachment). */
   async addResource(resource: JournalResource): Promise<void> {
     this.#journal.resources.push(resource);
@@ -301,7 +310,8 @@ export class StagedPoint {
     if (this.#finished) return false;
     this.#finished = true;
     try {
-      if (this.#journal.resources.length > 0) {
+      // An unsettled request may have created a recovery point whose id we never learned: the next run finds it by name.
+      if (this.#journal.resources.length > 0 || this.#journal.recoveryPointRequestId !== undefined) {
         this.#logger?.warn({ pointId: this.pointId, resources: this.#journal.resources }, 'restore point aborted; staging kept for leftover cleanup');
         return false;
       }
