@@ -22,4 +22,7 @@ if [ ! -f "$stamp" ] || [ package-lock.json -nt "$stamp" ]; then
   npm ci --no-audit --no-fund --loglevel=error
   touch "$stamp"
 fi
+# The Kubernetes test bed's binaries (kube-apiserver, etcd, kubectl, helm), built once from pinned Go modules.
+scripts/testbed/build-binaries.sh
+
 "$PWD/node_modules/.bin/node" --version | grep -q '^v24\.' || { echo "setup: node_modules/.bin/node is not Node 24" >&2; exit 1; }
