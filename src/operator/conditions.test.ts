@@ -1,7 +1,6 @@
 import { describe, expect, it } from 'vitest';
 import { condition } from '../crds/common.ts';
 import { setCondition } from './conditions.ts';
-import { parseDuration } from './time.ts';
 
 describe('setCondition', () => {
   const t0 = new Date('2026-01-01T00:00:00.123Z');
@@ -22,18 +21,5 @@ describe('setCondition', () => {
     list = setCondition(list, { type: 'CredentialsValid', status: 'False', reason: 'Unauthenticated', message: '' }, 3, t1);
     expect(list.map((c) => c.type)).toEqual(['CredentialsValid', 'Ready']);
     for (const c of list) expect(condition.safeParse(c).success).toBe(true);
-  });
-});
-
-describe('parseDuration', () => {
-  it('parses units and combinations', () => {
-    expect(parseDuration('500ms', '--x')).toBe(500);
-    expect(parseDuration('30s', '--x')).toBe(30_000);
-    expect(parseDuration('1h30m', '--x')).toBe(5_400_000);
-  });
-  it('names the flag in its error', () => {
-    expect(() => parseDuration('soon', '--lease-duration')).toThrow(/--lease-duration: "soon" is not a duration/);
-    expect(() => parseDuration('5 minutes', '--x')).toThrow(/not a duration/);
-    expect(() => parseDuration('0s', '--x')).toThrow(/not a duration/);
   });
 });

@@ -10,6 +10,7 @@ import { EventKind, type EventRecorder } from './events.ts';
 import { objectKey, type Informer } from './informer.ts';
 import { type KubeApi, type KubeObject, type ResourceType, apiVersionOf } from './kube.ts';
 import { patchStatus } from './status.ts';
+import { signalWithTimeout } from './time.ts';
 import type { OperatorMetrics } from './metrics.ts';
 import type { PrismClientCache } from './prism-cache.ts';
 import { WorkQueue } from './workqueue.ts';
@@ -121,7 +122,8 @@ export class ControllerRunner {
     const { name: controller } = this.definition;
     const [namespace = '', name = ''] = key.split('/');
     const log = this.log.child({ object: key });
-    const signal = AbortSignal.any([this.abort.signal, AbortSignal.timeout(this.definition.timeoutMs ?? 300_000)]);
+    const timeout = signalWithTimeout(this.abort.signal, this.definition.timeoutMs ?? 300_000, `reconcile of ${key}`);
+    const signal = timeout.signal;
     const metrics = this.context.metrics;
     metrics.workqueueAdds.labels(controller).inc();
     const end = metrics.reconcileTime.labels(controller).startTimer();
@@ -150,6 +152,7 @@ export class ControllerRunner {
         await this.reportTerminal(namespace, name, appErr);
       }
     } finally {
+      timeout.dispose();
       end();
     }
   }
@@ -159,7 +162,8 @@ export class ControllerRunner {
     const type = this.definition.for;
     const object = this.context.cache(type).get(namespace, name);
     if (!object) return;
-    const signal = AbortSignal.any([this.abort.signal, AbortSignal.timeout(10_000)]);
+    const timeout = signalWithTimeout(this.abort.signal, 10_000, 'failure report');
+    const signal = timeout.signal;
     const reason = reasonFromCode(err.code);
     const message = err.oneLine();
     try {
@@ -170,6 +174,7 @@ export class ControllerRunner {
       this.log.warn({ err: patchErr instanceof Error ? patchErr.message : patchErr, object: objectKey(namespace, name) }, 'could not record the failure in status');
     }
     await this.context.events.record({ regarding: { ...object, apiVersion: apiVersionOf(type), kind: type.kind }, type: EventKind.Warning, reason, action: 'Reconcile', note: message }, signal);
+    timeout.dispose();
   }
 }
 

@@ -8,7 +8,7 @@ import { z } from 'zod';
 import { AppError, ErrorCode } from '../lib/errors.ts';
 import type { Logger } from '../lib/log.ts';
 import { type KubeApi, type ResourceType, kubeStatusOf } from './kube.ts';
-import { microTime, sleepUnlessAborted } from './time.ts';
+import { microTime, signalWithTimeout, sleepUnlessAborted } from './time.ts';
 
 export const leaseType: ResourceType = { group: 'coordination.k8s.io', version: 'v1', plural: 'leases', kind: 'Lease' };
 
@@ -103,13 +103,16 @@ export class LeaderElector {
     let lastRenew = 0;
     while (!signal.aborted) {
       let acquired = false;
+      const attempt = signalWithTimeout(signal, this.retryPeriodMs * 2, 'lease update');
       try {
-        acquired = await this.tryAcquireOrRenew(AbortSignal.any([signal, AbortSignal.timeout(this.retryPeriodMs * 2)]));
+        acquired = await this.tryAcquireOrRenew(attempt.signal);
         // Leader or standby is known only once the Lease could be read.
         this.decided = true;
       } catch (err) {
         if (signal.aborted) break;
         this.log.warn({ err: err instanceof Error ? err.message : err }, 'lease update failed');
+      } finally {
+        attempt.dispose();
       }
       if (acquired) {
         lastRenew = Date.now();

@@ -35,3 +35,23 @@ export function parseDuration(text: string, field: string): number {
   }
   return Math.round(total);
 }
+
+/**
+ * A signal that aborts with `parent` or after `timeoutMs`, whichever comes first; call `dispose` when done.
+ * Not AbortSignal.any + AbortSignal.timeout: the composite holds its sources weakly, so a collected timeout
+ * signal can silently never fire (nodejs/node#65995); here the timer and controller are held strongly.
+ */
+export function signalWithTimeout(parent: AbortSignal, timeoutMs: number, what: string): { signal: AbortSignal; dispose(): void } {
+  const controller = new AbortController();
+  const onParentAbort = (): void => controller.abort(parent.reason);
+  const timer = setTimeout(() => controller.abort(new Error(`${what} timed out after ${timeoutMs} ms`)), timeoutMs);
+  if (parent.aborted) onParentAbort();
+  else parent.addEventListener('abort', onParentAbort, { once: true });
+  return {
+    signal: controller.signal,
+    dispose: () => {
+      clearTimeout(timer);
+      parent.removeEventListener('abort', onParentAbort);
+    },
+  };
+}
