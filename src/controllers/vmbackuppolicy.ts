@@ -51,6 +51,8 @@ export const Reason = {
 const maxListedVms = 100;
 /** Scheduled a little after the tick, so the reconcile's clock is past it. */
 const tickSlackMs = 50;
+/** Longest requeue: timers beyond 2^31 ms fire at once in Node, and a far tick is simply recomputed then. */
+const maxRequeueMs = 3_600_000;
 
 export interface VMBackupPolicyControllerOptions {
   /** The VM inventory shared with every other policy of the operator. */
@@ -379,7 +381,7 @@ async function reconcilePolicy(request: ReconcileRequest, context: ReconcileCont
   const ready = readiness(policy, selection, decision.next);
   await publish(context, raw, policy, { ready, status }, now);
   await pruneHistory(context, policy, runs);
-  return decision.next ? { requeueAfterMs: Math.max(0, decision.next.getTime() - Date.now()) + tickSlackMs } : {};
+  return decision.next ? { requeueAfterMs: Math.min(maxRequeueMs, Math.max(0, decision.next.getTime() - Date.now()) + tickSlackMs) } : {};
 }
 
 type SelectionResult = { selection: Selection } | { outcome: Outcome; retry?: AppError };
