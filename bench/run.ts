@@ -24,8 +24,8 @@ import { tuningFor } from '../src/mover/tiers.ts';
 import { RegionType, type Region } from '../src/mover/types.ts';
 import { createPrismClient } from '../src/prism/client.ts';
 import { Consistency, type PrismClient } from '../src/prism/types.ts';
-import { restoreDisk } from '../src/repository/index.ts';
-import { ddDirect, GiB, machineFacts, median, MiB, nbdcopyToQcow2, qemuImgConvert, sampleLoad, sh, timed, type Timing } from './contenders.ts';
+import { restoreDisk, type RestorePoint } from '../src/repository/index.ts';
+import { ddDirect, GiB, machineFacts, median, MiB, nbdcopyToQcow2, nbdUri, qemuImgConvert, sampleLoad, sh, timed, type Timing } from './contenders.ts';
 
 const { values } = parseArgs({
   options: {
@@ -67,7 +67,8 @@ const round3 = (x: number) => Number(x.toFixed(3));
 
 interface Series {
   name: string;
-  kind: 'ours' | 'peer' | 'limit';
+  /** `source`: reading the export alone, nothing written (the ceiling the source sets). */
+  kind: 'ours' | 'peer' | 'limit' | 'source';
   /** Bytes of data the contender moved (allocated bytes for a full). */
   dataBytes: number;
   timings: Timing[];
@@ -158,17 +159,32 @@ try {
   const peerExport = await prism.exportDisk({ recoveryPoint: peerRp, disk: peerDisk, initiatorName });
   const peerSource = await serveDiskExport(peerExport, initiatorName);
   const peerOut = path.join(work, 'peer.qcow2');
+  // The v3 snapshot file of the same moment, only to measure how fast each kind of export can be read.
+  const fileRp = await prismFor.v3.createRecoveryPoint({ vm: theVm, name: 'bench-read-ceiling', consistency: Consistency.Crash, requestId: randomUUID() });
+  const fileExport = await prismFor.v3.exportDisk({ recoveryPoint: fileRp, disk: fileRp.disks[0]!, initiatorName });
+  const fileSource = await serveDiskExport(fileExport, initiatorName);
+  const readOnly = (socketPath: string) => () => sh('nbdcopy', ['-C', '1', '-R', '4', '--request-size=2097152', nbdUri(socketPath), 'null:']);
   const dataBytes = planDataBytes;
-  let v3FullPoint = '';
+  let v3FullPoint: RestorePoint | undefined;
+  /** Seconds of the disk copy inside each backup (the rest is recovery point, export, qemu-nbd start, commit). */
+  const copySeconds: Record<'v4' | 'v3', number[]> = { v4: [], v3: [] };
+  const fullBackup = async (api: 'v4' | 'v3') => {
+    await rm(repoFor[api], { recursive: true, force: true });
+    const result = await backup(api, 'full');
+    copySeconds[api].push(result.point.manifest.disks[0]!.stats.durationMs / 1000);
+    return result.point;
+  };
 
   const fulls: Array<Series & { run: () => Promise<unknown> }> = [
-    { name: 'ours: backup full, v4 (RP → iSCSI/tgtd → qemu-nbd → mover → repo)', kind: 'ours', dataBytes, timings: [], run: async () => { await rm(repoFor.v4, { recursive: true, force: true }); return backup('v4', 'full'); } },
-    { name: 'ours: backup full, v3 (snapshot file → qemu-nbd → mover → repo)', kind: 'ours', dataBytes, timings: [], run: async () => { await rm(repoFor.v3, { recursive: true, force: true }); v3FullPoint = (await backup('v3', 'full')).point.pointId; } },
+    { name: 'ours: backup full, v4 (RP → iSCSI/tgtd → qemu-nbd → mover → repo)', kind: 'ours', dataBytes, timings: [], run: () => fullBackup('v4') },
+    { name: 'ours: backup full, v3 (snapshot file → qemu-nbd → mover → repo)', kind: 'ours', dataBytes, timings: [], run: async () => (v3FullPoint = await fullBackup('v3')) },
     { name: 'ours: mover only (copyDisk) on the peers\' export', kind: 'ours', dataBytes, timings: [], run: async () => { await rm(peerOut, { force: true }); return copyDisk({ source: { socketPath: peerSource.socketPath }, exportName: peerSource.exportName, regions, sizeBytes, target: { path: peerOut }, ...tuningFor('ssd') }); } },
     { name: 'qemu-img convert -W -m 2 -O qcow2 (+ sync)', kind: 'peer', dataBytes, timings: [], run: () => qemuImgConvert(peerSource.socketPath, peerOut) },
     { name: 'qemu-img convert -W -m 2 -t none -O qcow2', kind: 'peer', dataBytes, timings: [], run: () => qemuImgConvert(peerSource.socketPath, peerOut, ['-t', 'none']) },
     { name: 'nbdcopy -C1 -R4 1M → qemu-nbd qcow2 (--flush)', kind: 'peer', dataBytes, timings: [], run: () => nbdcopyToQcow2(peerSource.socketPath, peerOut, sizeBytes, work) },
     { name: 'dd oflag=direct conv=fsync of the allocated bytes', kind: 'limit', dataBytes, timings: [], run: () => ddDirect(path.join(work, 'dd.bin'), dataBytes) },
+    { name: 'read only: iSCSI export → qemu-nbd → nbdcopy null:', kind: 'source', dataBytes, timings: [], run: readOnly(peerSource.socketPath) },
+    { name: 'read only: snapshot file → qemu-nbd → nbdcopy null:', kind: 'source', dataBytes, timings: [], run: readOnly(fileSource.socketPath) },
   ];
   for (let round = 0; round < runs; round++) {
     // Rotate the order each round so no contender always follows the same neighbour.
@@ -185,53 +201,60 @@ try {
   await sh('qemu-img', ['check', '-q', peerOut]);
   await sh('qemu-img', ['compare', '-q', '-f', 'raw', '-F', 'qcow2', diskFile, peerOut]);
   await rm(peerOut, { force: true });
-  await peerSource.stop();
-  await peerExport.release();
-  await prism.deleteRecoveryPoint(peerRp.id);
+  await Promise.all([peerSource.stop(), fileSource.stop()]);
+  await Promise.all([peerExport.release(), fileExport.release()]);
+  await Promise.all([prism.deleteRecoveryPoint(peerRp.id), prismFor.v3.deleteRecoveryPoint(fileRp.id)]);
 
   // Incrementals: the guest writes N % of the disk in random 64 KiB blocks, then each repository takes one.
-  const incrementals = { v4: [] as Array<Timing & { changedBytes: number; transferredBytes: number }>, v3: [] as Array<Timing & { changedBytes: number; transferredBytes: number }> };
+  type IncrementalRun = Timing & { changedBytes: number; changedZeroBytes: number; transferredBytes: number };
+  const incrementals: Record<'v4' | 'v3', IncrementalRun[]> = { v4: [], v3: [] };
   const writeSeconds: number[] = [];
-  const chainPoints: string[] = [];
+  const chainPoints: RestorePoint[] = [];
   for (let round = 0; round < runs; round++) {
     let report: Awaited<ReturnType<typeof sim.admin.write>> | undefined;
     const w = await timed(async () => (report = await sim.admin.write(vm, 0, changePercent, 1000 + round)));
     writeSeconds.push(w.seconds);
     const changedBytes = uniqueBytes(report!.blocks);
+    const changedZeroBytes = uniqueBytes(report!.blocks.filter((b) => b.zero));
     for (const api of round % 2 ? (['v3', 'v4'] as const) : (['v4', 'v3'] as const)) {
       let transferredBytes = 0;
       const t = await timed(async () => {
         const result = await backup(api, 'incremental');
         transferredBytes = result.point.manifest.disks[0]!.stats.transferredBytes;
-        if (api === 'v3') chainPoints.push(result.point.pointId);
+        if (api === 'v3') chainPoints.push(result.point);
       });
-      incrementals[api].push({ ...t, changedBytes, transferredBytes });
+      incrementals[api].push({ ...t, changedBytes, changedZeroBytes, transferredBytes });
       log(`incremental ${api} round ${round + 1}: ${t.seconds.toFixed(2)} s, ${(transferredBytes / MiB).toFixed(1)} MiB transferred of ${(changedBytes / MiB).toFixed(1)} MiB changed (guest write ${w.seconds.toFixed(1)} s)`);
     }
   }
 
   // Chains: the v3 repository (its full, the incrementals above, then small changes) grows to the deepest depth.
   const maxDepth = depths.at(-1)!;
-  const pointAtDepth = [v3FullPoint, ...chainPoints];
+  const pointAtDepth = [v3FullPoint!, ...chainPoints];
   for (let depth = pointAtDepth.length + 1; depth <= maxDepth; depth++) {
     await sim.admin.write(vm, 0, args['chain-change-percent'], 2000 + depth);
-    pointAtDepth.push((await backup('v3', 'incremental')).point.pointId);
+    pointAtDepth.push((await backup('v3', 'incremental')).point);
     if (depth % 5 === 0) log(`chain depth ${depth}`);
   }
   const restoreOut = path.join(work, 'restored.raw');
-  const restores = depths.map((depth) => ({ depth, pointId: pointAtDepth[depth - 1]!, timings: [] as Timing[] }));
+  const restores = depths.map((depth) => ({ depth, point: pointAtDepth[depth - 1]!, timings: [] as Timing[], direct: [] as Timing[] }));
   for (let round = 0; round < runs; round++) {
     for (let k = 0; k < restores.length; k++) {
       const r = restores[(k + round) % restores.length]!;
       await rm(restoreOut, { force: true });
-      const t = await timed(() => restoreDisk({ repo: repoFor.v3, vm, point: r.pointId, diskIndex: 0, out: restoreOut, format: 'raw' }));
+      const t = await timed(() => restoreDisk({ repo: repoFor.v3, vm, point: r.point.pointId, diskIndex: 0, out: restoreOut, format: 'raw' }));
       r.timings.push(t);
-      log(`restore depth ${r.depth} round ${round + 1}: ${t.seconds.toFixed(2)} s, cpu ${t.cpuSeconds.toFixed(2)} s`);
+      // Candidate: the same chain flattened with parallel, out-of-order, O_DIRECT writes (durable: qemu-img flushes at close).
+      await rm(restoreOut, { force: true });
+      const image = path.join(r.point.dir, r.point.manifest.disks[0]!.image);
+      const d = await timed(() => sh('qemu-img', ['convert', '-W', '-m', '8', '-t', 'none', '-f', 'qcow2', '-O', 'raw', image, restoreOut]));
+      r.direct.push(d);
+      log(`restore depth ${r.depth} round ${round + 1}: ${t.seconds.toFixed(2)} s (cpu ${t.cpuSeconds.toFixed(2)} s); qemu-img convert -W -m 8 -t none ${d.seconds.toFixed(2)} s`);
     }
   }
   // The deepest restore is the live disk now (no write since its backup): bit-exact.
   await rm(restoreOut, { force: true });
-  await restoreDisk({ repo: repoFor.v3, vm, point: pointAtDepth[maxDepth - 1]!, diskIndex: 0, out: restoreOut, format: 'raw' });
+  await restoreDisk({ repo: repoFor.v3, vm, point: pointAtDepth[maxDepth - 1]!.pointId, diskIndex: 0, out: restoreOut, format: 'raw' });
   await sh('qemu-img', ['compare', '-q', '-f', 'raw', '-F', 'raw', restoreOut, diskFile]);
   await rm(restoreOut, { force: true });
 
@@ -239,7 +262,7 @@ try {
   const loadAverage = load.stop();
   const secondsOf = (s: { timings: Timing[] }) => median(s.timings.map((t) => t.seconds));
   const cpuOf = (s: { timings: Timing[] }) => median(s.timings.map((t) => t.cpuSeconds));
-  const ddSeconds = secondsOf(fulls.at(-1)!);
+  const ddSeconds = secondsOf(fulls.find((f) => f.kind === 'limit')!);
   const diskLimitBps = dataBytes / ddSeconds;
   const peers = fulls.filter((f) => f.kind === 'peer');
   const bestPeerSeconds = Math.min(...peers.map(secondsOf));
@@ -250,7 +273,7 @@ try {
       kind: f.kind,
       medianSeconds: round3(s),
       medianCpuSeconds: round3(cpuOf(f)),
-      logicalGiBps: f.kind === 'limit' ? null : round3(sizeBytes / GiB / s),
+      logicalGiBps: f.kind === 'ours' || f.kind === 'peer' ? round3(sizeBytes / GiB / s) : null,
       dataGiBps: round3(f.dataBytes / GiB / s),
       ofDiskLimit: round3(f.dataBytes / s / diskLimitBps),
       bestPeerTimeOverThis: round3(bestPeerSeconds / s),
@@ -258,6 +281,7 @@ try {
       runsSeconds: f.timings.map((t) => round3(t.seconds)),
     };
   });
+  const copyRows = (['v4', 'v3'] as const).map((api) => ({ api, medianCopySeconds: round3(median(copySeconds[api])), dataGiBps: round3(dataBytes / GiB / median(copySeconds[api])) }));
   const incrementalRows = (['v4', 'v3'] as const).map((api) => {
     const list = incrementals[api];
     const s = median(list.map((t) => t.seconds));
@@ -267,6 +291,7 @@ try {
       medianSeconds: round3(s),
       medianCpuSeconds: round3(median(list.map((t) => t.cpuSeconds))),
       changedBytes: list.map((t) => t.changedBytes),
+      changedZeroBytes: list.map((t) => t.changedZeroBytes),
       transferredBytes: list.map((t) => t.transferredBytes),
       transferredOverChanged: round3(Math.max(...list.map((t) => t.transferredBytes / t.changedBytes))),
       timeOverFull: round3(s / fullSeconds),
@@ -280,6 +305,8 @@ try {
     logicalGiBps: round3(sizeBytes / GiB / secondsOf(r)),
     overDepth1: round3(secondsOf(r) / secondsOf(restores[0]!)),
     runsSeconds: r.timings.map((t) => round3(t.seconds)),
+    candidateConvertDirectSeconds: round3(median(r.direct.map((t) => t.seconds))),
+    candidateOverDepth1: round3(median(r.direct.map((t) => t.seconds)) / median(restores[0]!.direct.map((t) => t.seconds))),
   }));
   const oursV4 = fullRows[0]!;
   const deepest = restoreRows.at(-1)!;
@@ -302,6 +329,7 @@ try {
     disk: { ...disk, planDataBytes, generationSeconds: round3(generation.seconds) },
     guestWriteSeconds: writeSeconds.map(round3),
     full: fullRows,
+    fullCopyOnly: copyRows,
     incremental: incrementalRows,
     restore: restoreRows,
     targets,
@@ -311,10 +339,11 @@ try {
     [`| ${head.join(' | ')} |`, `|${head.map(() => '---').join('|')}|`, ...rows.map((r) => `| ${r.map((c) => c ?? '-').join(' | ')} |`)].join('\n');
   console.log(`\n${sizeText} disk, ${(disk.allocatedBytes / GiB).toFixed(2)} GiB allocated (random ${disk.share.random}, pattern ${disk.share.pattern}, written zero ${disk.share.writtenZero}, hole ${disk.share.hole}); ${runs} runs; load average ${loadAverage.min}-${loadAverage.max} (median ${loadAverage.median})\n`);
   console.log(table(['full backup', 'median s', 'CPU s', 'GiB/s logical', 'GiB/s data', 'of dd limit', 'best peer time / this'], fullRows.map((r) => [r.name, r.medianSeconds, r.medianCpuSeconds, r.logicalGiBps, r.dataGiBps, r.ofDiskLimit, r.bestPeerTimeOverThis])));
+  console.log(`copy phase alone inside the full backups: ${copyRows.map((c) => `${c.api} ${c.medianCopySeconds} s (${c.dataGiBps} GiB/s data)`).join(', ')}`);
   console.log();
   console.log(table(['incremental', 'median s', 'CPU s', 'changed MiB', 'transferred MiB', 'transferred / changed', 'time / full'], incrementalRows.map((r) => [r.api, r.medianSeconds, r.medianCpuSeconds, (median(r.changedBytes) / MiB).toFixed(1), (median(r.transferredBytes) / MiB).toFixed(1), r.transferredOverChanged, r.timeOverFull])));
   console.log();
-  console.log(table(['restore (raw, durable)', 'median s', 'CPU s', 'GiB/s logical', 'time / depth 1'], restoreRows.map((r) => [`depth ${r.depth}`, r.medianSeconds, r.medianCpuSeconds, r.logicalGiBps, r.overDepth1])));
+  console.log(table(['restore (raw, durable)', 'median s', 'CPU s', 'GiB/s logical', 'time / depth 1', 'candidate: convert -W -m 8 -t none, s', 'candidate / its depth 1'], restoreRows.map((r) => [`depth ${r.depth}`, r.medianSeconds, r.medianCpuSeconds, r.logicalGiBps, r.overDepth1, r.candidateConvertDirectSeconds, r.candidateOverDepth1])));
   console.log();
   console.log(table(['target', 'measured', 'limit', 'met'], targets.map((t) => [t.target, t.value, t.limit, t.met ? 'yes' : 'NO'])));
   const outDir = path.join(import.meta.dirname, 'out');
