@@ -4,6 +4,10 @@
  * /healthz and /readyz endpoints, error classification (retryable → backoff, non-retryable → Ready=False + Event,
  * no hot loop), one worker per key, and the informer's watchdog relist and resync.
  */
+import { spawn } from 'node:child_process';
+import { once } from 'node:events';
+import { createServer, type AddressInfo } from 'node:net';
+import { join } from 'node:path';
 import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
 import { z } from 'zod';
 import { groupVersion } from '../../src/crds/common.ts';
@@ -13,16 +17,32 @@ import { AppError, ErrorCode } from '../../src/lib/errors.ts';
 import { createLogger } from '../../src/lib/log.ts';
 import type { ControllerDefinition } from '../../src/operator/controller.ts';
 import { Informer } from '../../src/operator/informer.ts';
-import { PatchType } from '../../src/operator/kube.ts';
+import { EventKind } from '../../src/operator/events.ts';
+import { PatchType, kubeObject, kubeStatusOf } from '../../src/operator/kube.ts';
+import { patchStatus } from '../../src/operator/status.ts';
 import { leaseType } from '../../src/operator/leader.ts';
 import { Manager, type ManagerOptions } from '../../src/operator/manager.ts';
 import type { OperatorMetrics } from '../../src/operator/metrics.ts';
 import { nutanixClusterType, vmBackupPolicyType } from '../../src/operator/resources.ts';
-import { eventually, startOperatorEnv, type OperatorEnv } from './operator-env.ts';
+import { eventually, operatorServiceAccount, startOperatorEnv, type OperatorEnv } from './operator-env.ts';
 
 const log = createLogger({ name: 'runtime-test', level: 'warn' });
 const leaseSchema = z.object({ spec: z.object({ holderIdentity: z.string().nullish(), leaseTransitions: z.number().nullish() }) });
-const eventList = z.object({ items: z.array(z.looseObject({ reason: z.string(), type: z.string(), note: z.string(), regarding: z.looseObject({ name: z.string() }) })) });
+const eventList = z.object({
+  items: z.array(z.looseObject({ reason: z.string(), type: z.string(), note: z.string(), regarding: z.looseObject({ name: z.string() }), series: z.object({ count: z.number() }).optional() })),
+});
+const bin = join(import.meta.dirname, '../../bin/sendense-nutanix');
+
+function freePort(): Promise<number> {
+  return new Promise((resolve, reject) => {
+    const server = createServer();
+    server.once('error', reject);
+    server.listen(0, '127.0.0.1', () => {
+      const { port } = server.address() as AddressInfo;
+      server.close(() => resolve(port));
+    });
+  });
+}
 
 /** Sum of a counter's values whose labels match. */
 async function counter(metrics: OperatorMetrics, name: 'reconcileTotal' | 'reconcileErrors', labels: Record<string, string>): Promise<number> {
@@ -216,6 +236,60 @@ describe('operator runtime', () => {
     await eventually('the queue to drain', async () => (reconciles === 2 && running === 0 ? true : undefined));
     expect(peak).toBe(1);
     expect(reconciles).toBe(2);
+  });
+
+  it('aggregates repeats of an Event into its series count', async () => {
+    const manager = await newManager('events', { leaderElection: false });
+    await env.apply([cluster('ev-target')]);
+    const target = kubeObject.parse(await env.admin.get(nutanixClusterType, env.namespace, 'ev-target', AbortSignal.timeout(10_000)));
+    const event = { regarding: { ...target, apiVersion: groupVersion, kind: 'NutanixCluster' }, type: EventKind.Warning, reason: 'Unreachable', action: 'Discover', note: 'cannot reach Prism' } as const;
+    for (let i = 0; i < 3; i++) await manager.events.record(event, AbortSignal.timeout(10_000));
+    await manager.events.record({ ...event, reason: 'Unauthenticated', note: 'wrong password' }, AbortSignal.timeout(10_000));
+    const events = eventList.parse(await env.admin.request({ method: 'GET', path: `/apis/events.k8s.io/v1/namespaces/${env.namespace}/events`, signal: AbortSignal.timeout(10_000) }));
+    const mine = events.items.filter((e) => e.regarding.name === 'ev-target');
+    expect(mine.map((e) => [e.reason, e.series?.count ?? 1]).sort()).toEqual([['Unauthenticated', 1], ['Unreachable', 3]]);
+  });
+
+  it('a status patch from a stale read fails with a retryable conflict instead of overwriting', async () => {
+    await env.apply([cluster('stale')]);
+    const api = await env.operatorApi();
+    const read = kubeObject.parse(await api.get(nutanixClusterType, env.namespace, 'stale', AbortSignal.timeout(10_000)));
+    await patchStatus(api, nutanixClusterType, read, { vmCount: 1 }, AbortSignal.timeout(10_000));
+    const conflict = await patchStatus(api, nutanixClusterType, read, { vmCount: 2 }, AbortSignal.timeout(10_000)).catch((err: unknown) => err);
+    expect(conflict).toMatchObject({ code: 'CONFLICT', retryable: true });
+    expect(kubeStatusOf(conflict)).toBe(409);
+    const now = nutanixCluster.parse(await api.get(nutanixClusterType, env.namespace, 'stale', AbortSignal.timeout(10_000)));
+    expect(now.status?.vmCount).toBe(1);
+  });
+
+  it('sendense-nutanix operator serves ready probes and metrics under the Role, and releases its lease on SIGTERM', async () => {
+    const kubeconfig = await env.testbed.kubeconfigFor(operatorServiceAccount, env.namespace);
+    const port = await freePort();
+    const child = spawn(bin, ['operator', '--kubeconfig', kubeconfig, '--namespace', env.namespace, '--metrics-port', String(port), '--health-port', String(port), '--bind-address', '127.0.0.1', '--identity', 'cli-operator', '--log-level', 'warn'], {
+      stdio: ['ignore', 'ignore', 'pipe'],
+    });
+    let stderr = '';
+    child.stderr.on('data', (chunk: Buffer) => (stderr += chunk.toString()));
+    const exited = once(child, 'exit');
+    try {
+      const ready = await eventually('the operator to be ready', async () => {
+        const response = await fetch(`http://127.0.0.1:${port}/readyz`, { signal: AbortSignal.timeout(5000) });
+        return response.status === 200 ? response.text() : undefined;
+      }, 60_000);
+      expect(ready).toContain('leader election: leader');
+      expect(ready).toContain('informer nutanixclusters: synced');
+      await env.apply([cluster('cli-one')]);
+      await eventually('cli-one reconciled by the CLI', async () => ((await readyReason('cli-one')) === 'SecretNotFound' ? true : undefined));
+      const metrics = await (await fetch(`http://127.0.0.1:${port}/metrics`, { signal: AbortSignal.timeout(5000) })).text();
+      expect(metrics).toMatch(/^controller_runtime_reconcile_total\{controller="nutanixcluster",result="requeue_after"\} [1-9]/m);
+    } finally {
+      child.kill('SIGTERM');
+    }
+    const [code] = await exited;
+    expect(stderr).not.toMatch(/"level":(50|60)/);
+    expect(code).toBe(0);
+    const lease = leaseSchema.parse(await env.admin.get(leaseType, env.namespace, 'sendense-nutanix-operator', AbortSignal.timeout(10_000)));
+    expect(lease.spec.holderIdentity ?? '').toBe('');
   });
 
   it('an informer relists when its watch stays quiet and hands every object to resync', async () => {
