@@ -65,7 +65,7 @@ export function backupSummary(result: BackupResult) {
 function progressBars(): { onProgress: (event: DiskProgressEvent) => void; stop: () => void } {
   const bars = new MultiBar(
     {
-      format: ' disk {disk} {bar} {percentage}% | {done} / {total} | {rate}/s | ETA {eta_formatted}',
+      format: ' disk {disk} {bar} {percentage}% | {done} / {planned} | {rate}/s | ETA {eta_formatted}',
       hideCursor: true,
       clearOnComplete: false,
       stream: process.stderr,
@@ -77,14 +77,14 @@ function progressBars(): { onProgress: (event: DiskProgressEvent) => void; stop:
     onProgress: (event) => {
       let entry = byDisk.get(event.diskIndex);
       if (!entry) {
-        entry = { bar: bars.create(1, 0, { disk: event.diskIndex, done: '0 B', total: '?', rate: '0 B' }), started: performance.now() };
+        entry = { bar: bars.create(1, 0, { disk: event.diskIndex, done: '0 B', planned: '?', rate: '0 B' }), started: performance.now() };
         byDisk.set(event.diskIndex, entry);
       }
       const seconds = (performance.now() - entry.started) / 1000;
       entry.bar.setTotal(Math.max(1, event.totalBytes));
       entry.bar.update(event.doneBytes, {
         done: formatBytes(event.doneBytes),
-        total: formatBytes(event.totalBytes),
+        planned: formatBytes(event.totalBytes),
         rate: formatBytes(seconds > 0 ? Math.round(event.transferredBytes / seconds) : 0),
       });
     },

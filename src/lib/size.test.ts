@@ -18,5 +18,7 @@ describe('formatBytes', () => {
   it('uses binary units', () => {
     expect(formatBytes(1536)).toBe('1.50 KiB');
     expect(formatBytes(5 * 1024 ** 3)).toBe('5.00 GiB');
+    expect(formatBytes(1024 ** 3 - 1536)).toBe('1.00 GiB');
+    expect(formatBytes(1023)).toBe('1023 B');
   });
 });

@@ -36,11 +36,13 @@ export function parseSize(text: string, field: string): number {
 
 export function formatBytes(bytes: number): string {
   const steps = ['B', 'KiB', 'MiB', 'GiB', 'TiB'];
+  const digits = (v: number) => (v >= 100 ? 0 : v >= 10 ? 1 : 2);
   let value = bytes;
   let i = 0;
-  while (Math.abs(value) >= 1024 && i < steps.length - 1) {
+  // Step up also when rounding would print 1024 of a unit (1023.9 MiB is "1.00 GiB", not "1024 MiB").
+  while (i < steps.length - 1 && Math.abs(Number(value.toFixed(i === 0 ? 0 : digits(value)))) >= 1024) {
     value /= 1024;
     i++;
   }
-  return `${i === 0 ? value : value.toFixed(value >= 100 ? 0 : value >= 10 ? 1 : 2)} ${steps[i]}`;
+  return `${i === 0 ? value : value.toFixed(digits(value))} ${steps[i]}`;
 }
