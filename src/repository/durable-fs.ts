@@ -2,6 +2,7 @@
  * File-system steps that must survive a crash: data reaches the disk (fsync) before a rename makes it visible,
  * and ENOSPC surfaces as a NoSpace error that tells the user what to do.
  */
+import { randomBytes } from 'node:crypto';
 import { access, open, readdir, rename, rm, statfs } from 'node:fs/promises';
 import { dirname, join, resolve } from 'node:path';
 import { AppError, ErrorCode, isAppError } from '../lib/errors.ts';
@@ -53,7 +54,8 @@ export async function writeFileDurable(path: string, data: string | Uint8Array, 
 
 /** Replaces `path` in one step: readers see the old or the new content, never a torn one. */
 export async function writeFileAtomic(dir: string, name: string, data: string): Promise<void> {
-  const temp = join(dir, `.${name}.tmp-${process.pid}`);
+  // Unique per writer: processes in different pods sharing a volume may well have the same pid.
+  const temp = join(dir, `.${name}.tmp-${process.pid}-${randomBytes(4).toString('hex')}`);
   await writeFileDurable(temp, data);
   try {
     await rename(temp, join(dir, name));

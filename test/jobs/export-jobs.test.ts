@@ -122,7 +122,6 @@ describe('export Jobs (mover disk / commit / cleanup) on the real apiserver with
       ...(base ? { base: { recoveryPoint: base, diskUuid: disk.uuid, sizeBytes: disk.sizeBytes } } : {}),
       initiatorName,
       progressIntervalSeconds: 0.5,
-      tuning: { requestSize: 64 * 1024, inFlight: 1 },
     };
   }
 
