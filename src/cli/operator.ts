@@ -31,7 +31,7 @@ const operatorFlags = z.object({
   renewDeadline: z.string(),
   retryPeriod: z.string(),
   discoveryInterval: z.string(),
-  logLevel: z.enum(['fatal', 'error', 'warn', 'info', 'debug', 'trace']),
+  logLevel: z.enum(['fatal', 'error', 'warn', 'info', 'debug', 'trace'], { error: '--log-level must be fatal, error, warn, info, debug or trace' }),
 });
 
 export interface OperatorSettings {
