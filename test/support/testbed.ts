@@ -191,15 +191,29 @@ interface ManagedProcess {
   child: ChildProcess;
   logFile: string;
   exited: Promise<void>;
+  running(): boolean;
 }
 
 function startProcess(name: string, binary: string, args: string[], logFile: string): ManagedProcess {
-  const child = spawn(binary, args, { stdio: ['ignore', 'pipe', 'pipe'] });
+  // setpriv (util-linux) execs the binary with a parent-death signal: a test worker that is killed outright, so
+  // that neither stop() nor an exit handler runs, still takes etcd and kube-apiserver down with it.
+  const child = spawn('setpriv', ['--pdeathsig', 'KILL', '--', binary, ...args], { stdio: ['ignore', 'pipe', 'pipe'] });
   const output = createWriteStream(logFile);
   child.stdout?.pipe(output);
   child.stderr?.pipe(output);
-  const exited = new Promise<void>((resolveExit) => child.once('exit', () => resolveExit()));
-  return { name, child, logFile, exited };
+  let running = true;
+  const exited = new Promise<void>((resolveExit) => {
+    child.once('exit', () => {
+      running = false;
+      resolveExit();
+    });
+    child.once('error', (err) => {
+      output.write(`${name} could not be started: ${err.message}\n`);
+      running = false;
+      resolveExit();
+    });
+  });
+  return { name, child, logFile, exited, running: () => running };
 }
 
 async function logTail(path: string, lines = 25): Promise<string> {
@@ -208,7 +222,7 @@ async function logTail(path: string, lines = 25): Promise<string> {
 }
 
 async function stopProcess(proc: ManagedProcess): Promise<void> {
-  if (proc.child.exitCode !== null || proc.child.signalCode !== null) return;
+  if (!proc.running()) return;
   proc.child.kill('SIGTERM');
   const killer = setTimeout(() => proc.child.kill('SIGKILL'), 10_000);
   await proc.exited;
@@ -232,7 +246,7 @@ async function waitUntilReady(proc: ManagedProcess, ready: () => Promise<boolean
   const deadline = Date.now() + timeoutMs;
   while (Date.now() < deadline) {
     throwIfAborted(signal, `waiting for ${proc.name}`);
-    if (proc.child.exitCode !== null || proc.child.signalCode !== null) {
+    if (!proc.running()) {
       throw new AppError(ErrorCode.Unavailable, `${proc.name} exited during start-up:\n${await logTail(proc.logFile)}`, {
         hint: `see ${proc.logFile}`,
       });

@@ -2,8 +2,10 @@
  * The test bed is a real etcd + kube-apiserver with RBAC: these tests prove a ServiceAccount gets exactly what its
  * Role grants (and 403 for everything else), through @kubernetes/client-node and through the real kubectl.
  */
-import { execFile } from 'node:child_process';
-import { access } from 'node:fs/promises';
+import { execFile, spawn } from 'node:child_process';
+import { access, readdir, readFile, rm } from 'node:fs/promises';
+import { dirname } from 'node:path';
+import { createInterface } from 'node:readline';
 import { randomBytes } from 'node:crypto';
 import { connect } from 'node:net';
 import { promisify } from 'node:util';
@@ -177,5 +179,44 @@ describe.skipIf(Boolean(process.env.SENDENSE_E2E_KUBECONFIG))('kubernetes test b
       socket.once('error', reject);
     });
     await expect(connection).rejects.toMatchObject({ code: 'ECONNREFUSED' });
+  });
+});
+
+describe.skipIf(Boolean(process.env.SENDENSE_E2E_KUBECONFIG))('kubernetes test bed in a killed worker', () => {
+  /** Pids of the processes whose command line mentions `text` (etcd and kube-apiserver name their temp dir). */
+  async function processesMentioning(text: string): Promise<number[]> {
+    const pids: number[] = [];
+    for (const entry of await readdir('/proc')) {
+      if (!/^\d+$/.test(entry)) continue;
+      const cmdline = await readFile(`/proc/${entry}/cmdline`, 'utf8').catch(() => '');
+      if (cmdline.includes(text)) pids.push(Number(entry));
+    }
+    return pids;
+  }
+
+  it('takes etcd and kube-apiserver down when the process that started them is killed outright', async () => {
+    const supportModule = new URL('../support/testbed.ts', import.meta.url).href;
+    const script = `const { startTestbed } = await import(${JSON.stringify(supportModule)});
+      const testbed = await startTestbed({ rbac: true });
+      console.log(JSON.stringify({ kubeconfigAdmin: testbed.kubeconfigAdmin }));
+      setInterval(() => {}, 60_000);`;
+    const worker = spawn(process.execPath, ['--input-type=module', '-e', script], { stdio: ['ignore', 'pipe', 'ignore'] });
+    const workerExited = new Promise((resolveExit) => worker.once('exit', resolveExit));
+    let dir = '';
+    try {
+      for await (const line of createInterface({ input: worker.stdout })) {
+        dir = dirname(z.object({ kubeconfigAdmin: z.string() }).parse(JSON.parse(line)).kubeconfigAdmin);
+        break;
+      }
+      expect(await processesMentioning(dir)).toHaveLength(2);
+      worker.kill('SIGKILL');
+      await workerExited;
+      // The kernel delivers the parent-death signal as the worker dies; wait (bounded) for both to be reaped.
+      for (let i = 0; i < 100 && (await processesMentioning(dir)).length > 0; i++) await new Promise((r) => setTimeout(r, 100));
+      expect(await processesMentioning(dir)).toEqual([]);
+    } finally {
+      worker.kill('SIGKILL');
+      if (dir) await rm(dir, { recursive: true, force: true });
+    }
   });
 });
