@@ -44,12 +44,11 @@ describe('blockingRun', () => {
 });
 
 describe('chooseBase', () => {
-  const now = new Date('2026-11-26T12:00:00Z');
   const history = committedRuns(vm.uuid, repo, [committed('a', '2026-11-24T00:00:00Z', 'Full'), committed('b', '2026-11-25T00:00:00Z', 'Incremental'), run('pending', '2026-11-26T00:00:00Z')], () => repo);
 
   it('chains onto the newest committed run of the VM in the same repository', () => {
     expect(history.map((r) => r.metadata.name)).toEqual(['b', 'a']);
-    const decision = chooseBase('auto', history, {}, now);
+    const decision = chooseBase('auto', history);
     expect(decision.base).toMatchObject({ runName: 'b', recoveryPointId: 'rp-b' });
     expect(decision.reason).toContain('incremental on');
   });
@@ -58,17 +57,9 @@ describe('chooseBase', () => {
     expect(committedRuns(vm.uuid, repo, [committed('a', '2026-11-24T00:00:00Z', 'Full')], () => ({ claimName: 'other', path: '' }))).toEqual([]);
   });
 
-  it('makes a full, with its reason, for spec.type full, a first backup, or the full cadence', () => {
-    expect(chooseBase('full', history, {}, now)).toEqual({ reason: 'full backup requested (spec.type: full)' });
-    expect(chooseBase('auto', [], {}, now).reason).toBe('first backup of this VM into this repository');
-    const byDays = chooseBase('auto', history, { everyDays: 2 }, now);
-    expect(byDays.base).toBeUndefined();
-    expect(byDays.reason).toContain('everyDays');
-    expect(chooseBase('auto', history, { everyDays: 3 }, now).base?.runName).toBe('b');
-    const byRuns = chooseBase('auto', history, { everyRuns: 2 }, now);
-    expect(byRuns.base).toBeUndefined();
-    expect(byRuns.reason).toContain('1 incremental(s) since the last full');
-    expect(chooseBase('auto', history, { everyRuns: 3 }, now).base?.runName).toBe('b');
+  it('makes a full, with its reason, for spec.type full or a first backup', () => {
+    expect(chooseBase('full', history)).toEqual({ reason: 'full backup requested (spec.type: full)' });
+    expect(chooseBase('auto', [])).toEqual({ reason: 'first backup of this VM into this repository' });
   });
 });
 

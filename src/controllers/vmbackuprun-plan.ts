@@ -66,11 +66,6 @@ export interface BaseDecision {
   reason: string;
 }
 
-export interface FullCadence {
-  everyDays?: number;
-  everyRuns?: number;
-}
-
 /** Committed runs of `vmUuid` into `repository`, newest first. */
 export function committedRuns(vmUuid: string, repository: RepositoryKey, runs: readonly VMBackupRun[], repositoryOf: (run: VMBackupRun) => RepositoryKey | undefined): VMBackupRun[] {
   return runs
@@ -83,30 +78,14 @@ export function committedRuns(vmUuid: string, repository: RepositoryKey, runs: r
 }
 
 /**
- * Full or incremental, before asking Nutanix whether the base recovery point still exists: `spec.type: full`, no
- * earlier committed run, or the policy's full cadence make a full, each with its reason.
+ * Full or incremental, before asking Nutanix whether the base recovery point still exists: `spec.type: full` (a
+ * policy sets it when its full cadence is due, from its own status) or no earlier committed run make a full.
  */
-export function chooseBase(type: 'auto' | 'full', history: readonly VMBackupRun[], cadence: FullCadence, now: Date): BaseDecision {
+export function chooseBase(type: 'auto' | 'full', history: readonly VMBackupRun[]): BaseDecision {
   if (type === 'full') return { reason: 'full backup requested (spec.type: full)' };
   const latest = history[0];
   const recoveryPointId = latest?.status?.recoveryPointIds?.[0];
   if (!latest?.status?.pointId || !recoveryPointId || !latest.status.completionTime) return { reason: 'first backup of this VM into this repository' };
-  const lastFullIndex = history.findIndex((r) => r.status?.backupType === 'Full');
-  const lastFull = lastFullIndex >= 0 ? history[lastFullIndex] : undefined;
-  if (cadence.everyDays !== undefined) {
-    const lastFullTime = lastFull?.status?.completionTime;
-    const ageDays = lastFullTime ? (now.getTime() - Date.parse(lastFullTime)) / 86_400_000 : Infinity;
-    if (ageDays >= cadence.everyDays) {
-      const since = lastFullTime ? `the last full backup (${lastFullTime})` : 'no full backup kept in the run history';
-      return { reason: `${since} is older than ${cadence.everyDays} day(s) (policy spec.fullBackup.everyDays)` };
-    }
-  }
-  if (cadence.everyRuns !== undefined) {
-    const incrementalsSinceFull = lastFullIndex >= 0 ? lastFullIndex : history.length;
-    if (incrementalsSinceFull + 1 >= cadence.everyRuns) {
-      return { reason: `${incrementalsSinceFull} incremental(s) since the last full (policy spec.fullBackup.everyRuns: ${cadence.everyRuns})` };
-    }
-  }
   const base = { runName: latest.metadata.name, pointId: latest.status.pointId, recoveryPointId, completionTime: latest.status.completionTime };
   return { base, reason: `incremental on ${base.pointId} (run ${base.runName})` };
 }

@@ -102,7 +102,7 @@ export interface VMBackupRunControllerOptions {
   progressIntervalSeconds?: number;
 }
 
-/** Everything a run needs from its policy or its own spec. */
+/** Everything a run needs from its policy or its own spec (the policy's full cadence reaches the run as spec.type). */
 interface RunInputs {
   cluster: NutanixCluster;
   repository: RepositoryKey;
@@ -316,8 +316,7 @@ class RunReconciler {
     }
 
     const history = committedRuns(vm.uuid, repository, runs, (r) => this.repositoryOf(r));
-    const cadence = inputs.policy?.spec.fullBackup ?? {};
-    let decision = chooseBase(this.run.spec.type, history, cadence, this.now);
+    let decision = chooseBase(this.run.spec.type, history);
     if (decision.base && !(await prism.getRecoveryPoint(decision.base.recoveryPointId, this.context.signal))) {
       decision = { reason: `base recovery point ${decision.base.recoveryPointId} of run ${decision.base.runName} is gone on Nutanix → full` };
     }
