@@ -19,6 +19,7 @@ import { customResourceKinds, defaultCrdDir } from '../../src/crds/generate.ts';
 import { vmBackupRun } from '../../src/crds/vm-backup-run.ts';
 import { recoveryPointName } from '../../src/engine/cleanup.ts';
 import { CommitJobResultSchema, DiskJobResultSchema, TerminationMessageSchema, type DiskRequestInput } from '../../src/jobs/contract.ts';
+import { diskStatusPatch, kubeRunStatusWriter } from '../../src/jobs/run-status.ts';
 import { buildCleanupJob, buildCommitJob, buildDiskJob, diskJobName, moverServiceAccount, type JobEnvironment } from '../../src/jobs/job-spec.ts';
 import { createLogger } from '../../src/lib/log.ts';
 import { createPrismClient } from '../../src/prism/client.ts';
@@ -296,7 +297,22 @@ describe('export Jobs (mover disk / commit / cleanup) on the real apiserver with
     expect(report.issues).toEqual([]);
     expect((await listPoints(join(repoHostDir, repositoryPath))).map((p) => p.pointId)).toEqual([full.pointId, incremental.pointId]);
     await prism.deleteRecoveryPoint(incremental.rp.id);
-  });
+  }, 300_000);
+
+  it("the mover's status patch is refused for a disk at the wrong index, and the mover's account cannot patch specs", async () => {
+    const owner = await createRun('guarded-run');
+    const moverConfig = new KubeConfig();
+    moverConfig.loadFromFile(await testbed.kubeconfigFor(moverServiceAccount, namespace));
+    const writer = kubeRunStatusWriter({ namespace, name: owner.name }, moverConfig);
+    const signal = AbortSignal.timeout(30_000);
+    const [disk0, disk1] = vm.disks;
+    await expect(writer.patchStatus(diskStatusPatch(0, disk1?.uuid ?? '', { progressPercent: 50 }), signal)).rejects.toMatchObject({ code: 'CONFLICT' });
+    await writer.patchStatus(diskStatusPatch(0, disk0?.uuid ?? '', { progressPercent: 50 }), signal);
+    const status = vmBackupRun.parse(await objects.getNamespacedCustomObject({ ...runs, name: owner.name })).status;
+    expect(status?.disks?.map((d) => d.progressPercent)).toEqual([50, undefined]);
+    const moverObjects = moverConfig.makeApiClient(CustomObjectsApi);
+    await expect(moverObjects.patchNamespacedCustomObject({ ...runs, name: owner.name, body: { spec: { type: 'full' } } }, mergePatchOptions())).rejects.toMatchObject({ code: 403 });
+  }, 120_000);
 
   it('a disk Job whose recovery point is gone fails with a reason; the cleanup Job removes the staging folder', async () => {
     const owner = await createRun('broken-run');
@@ -323,5 +339,5 @@ describe('export Jobs (mover disk / commit / cleanup) on the real apiserver with
     expect(await waitForJob(cleanup.metadata?.name ?? '')).toBe('Complete');
     expect(await readdir(vmDirPath)).not.toContain(`.staging-${pointId}`);
     await expectNothingOrphaned();
-  });
+  }, 180_000);
 });

@@ -44,7 +44,7 @@ function shellJob(name: string, script: string): V1Job {
   };
 }
 
-describe('kubelet stand-in', () => {
+describe('kubelet stand-in', { timeout: 120_000 }, () => {
   let testbed: Testbed;
   let kubelet: KubeletStandIn;
   let batch: BatchV1Api;
