@@ -429,10 +429,18 @@ function readiness(policy: VMBackupPolicy, selection: Selection, next: Date | nu
 async function startRuns(context: ReconcileContext, raw: KubeObject, policy: VMBackupPolicy, vms: readonly Vm[], tick: Date, lastSuccess: readonly LastSuccess[], now: Date): Promise<void> {
   const namespace = policy.metadata.namespace ?? '';
   const runCache = context.cache(vmBackupRunType);
-  const allRuns = runCache.list().flatMap((r) => {
-    const run = vmBackupRun.safeParse(r);
-    return run.success ? [run.data] : [];
-  });
+  // Only runs that may be of these VMs are parsed: the namespace can hold thousands of runs of other policies.
+  const uuids = new Set(vms.map((vm) => vm.uuid.toLowerCase()));
+  const allRuns = runCache
+    .list()
+    .filter((r) => {
+      const label = r.metadata.labels?.[vmUuidLabel];
+      return label === undefined || uuids.has(label);
+    })
+    .flatMap((r) => {
+      const run = vmBackupRun.safeParse(r);
+      return run.success ? [run.data] : [];
+    });
   const created: string[] = [];
   const skipped: string[] = [];
   for (const vm of vms) {
