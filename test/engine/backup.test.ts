@@ -39,7 +39,7 @@ for (const api of ['v4', 'v3'] as const) {
       backupVm(prism, { repo, vm, mode: 'auto', consistency: 'auto', initiatorName, logger, ...overrides });
 
     beforeAll(async () => {
-      sim = await startSim({ api, vms: 2, disksPerVm: 2, diskSize: '24MiB' });
+      sim = await startSim({ api, vms: 2, disksPerVm: 2, diskSize: '64MiB' });
       prism = createPrismClient(
         { endpoint: sim.endpoint, username: sim.username, password: sim.password, caPem: await readFile(sim.caFile, 'utf8') },
         { logger },
@@ -65,7 +65,12 @@ for (const api of ['v4', 'v3'] as const) {
       expect(incremental.point.manifest.parentPointId).toBe(full.point.pointId);
       expect(incremental.deletedBaseRecoveryPoints).toEqual([full.point.manifest.recoveryPoint.id]);
       const [disk0, disk1] = incremental.point.manifest.disks;
-      expect(disk0?.stats.transferredBytes).toBeGreaterThan(0);
+      // Exact tracking: the changed bytes are the blocks the guest wrote; the zero-filled ones are never transferred.
+      const zeroWritten = written.blocks.filter((b) => b.zero).reduce((sum, b) => sum + b.length, 0);
+      expect(zeroWritten).toBeGreaterThan(0);
+      expect(disk0?.stats.changedBytes).toBe(changedBytes);
+      expect(disk0?.stats.zeroBytes).toBe(zeroWritten);
+      expect(disk0?.stats.transferredBytes).toBe(changedBytes - zeroWritten);
       expect(disk0?.stats.transferredBytes).toBeLessThanOrEqual(1.1 * changedBytes);
       expect(disk1?.stats.transferredBytes).toBe(0);
       for (const disk of [0, 1]) await compareWithSim(sim, repo, vm, disk, work);
