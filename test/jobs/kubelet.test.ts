@@ -1,7 +1,7 @@
 /**
  * The kubelet stand-in on the real kube-apiserver: it runs a Job's command with env from a Secret and the PVC
- * mounted at the container path, writes Complete / Failed like the Job controller, and kills the process when the
- * Job is deleted.
+ * mounted at the container path, writes the Pod's and the Job's status like the kubelet and the Job controller,
+ * and kills the process (and removes the Pod) when the Job is deleted.
  */
 import { randomBytes } from 'node:crypto';
 import { mkdtemp, readFile, rm } from 'node:fs/promises';
@@ -48,6 +48,7 @@ describe('kubelet stand-in', { timeout: 120_000 }, () => {
   let testbed: Testbed;
   let kubelet: KubeletStandIn;
   let batch: BatchV1Api;
+  let core: CoreV1Api;
   let hostDir: string;
 
   async function finalCondition(name: string): Promise<{ type: string; message?: string; job: V1Job }> {
@@ -64,7 +65,7 @@ describe('kubelet stand-in', { timeout: 120_000 }, () => {
     testbed = await startTestbed({ rbac: true });
     const config = new KubeConfig();
     config.loadFromFile(testbed.kubeconfigAdmin);
-    const core = config.makeApiClient(CoreV1Api);
+    core = config.makeApiClient(CoreV1Api);
     batch = config.makeApiClient(BatchV1Api);
     await core.createNamespace({ body: { metadata: { name: namespace } } });
     await core.createNamespacedServiceAccount({ namespace, body: { metadata: { name: 'worker' } } });
@@ -96,13 +97,27 @@ describe('kubelet stand-in', { timeout: 120_000 }, () => {
     expect(await readFile(join(hostDir, 'out.txt'), 'utf8')).toBe(`hello swordfish ${namespace}\n`);
   });
 
-  it('marks a Job whose command fails as Failed, with the termination message as the reason', async () => {
-    await batch.createNamespacedJob({ namespace, body: shellJob('fails', 'echo "disk 3 is gone" > "$SENDENSE_TERMINATION_LOG"; exit 3') });
-    const { type, message, job } = await finalCondition('fails');
-    expect(type).toBe('Failed');
-    expect(job.status?.failed).toBe(1);
-    expect(message).toContain('disk 3 is gone');
-    expect((await kubelet.run('fails')?.exited)).toBe(3);
+  it('marks a failing Job Failed as the Job controller would; the Pod holds the exit code and termination message', async () => {
+    const job = shellJob('fails', 'echo "disk 3 is gone" > "$SENDENSE_TERMINATION_LOG"; exit 3');
+    const withPolicy = shellJob('fails-by-policy', 'exit 2');
+    withPolicy.spec!.podFailurePolicy = { rules: [{ action: 'FailJob', onExitCodes: { operator: 'In', values: [2] } }] };
+    await batch.createNamespacedJob({ namespace, body: job });
+    await batch.createNamespacedJob({ namespace, body: withPolicy });
+
+    const failed = await finalCondition('fails');
+    expect(failed.type).toBe('Failed');
+    expect(failed.job.status?.failed).toBe(1);
+    expect(failed.message).toBe('Job has reached the specified backoff limit');
+    const pods = await core.listNamespacedPod({ namespace, labelSelector: 'batch.kubernetes.io/job-name=fails' });
+    expect(pods.items).toHaveLength(1);
+    const pod = pods.items[0];
+    expect(pod?.metadata?.ownerReferences?.[0]).toMatchObject({ kind: 'Job', name: 'fails', uid: failed.job.metadata?.uid, controller: true });
+    expect(pod?.status?.phase).toBe('Failed');
+    expect(pod?.status?.containerStatuses?.[0]?.state?.terminated).toMatchObject({ exitCode: 3, reason: 'Error', message: 'disk 3 is gone\n' });
+
+    const byPolicy = await finalCondition('fails-by-policy');
+    expect(byPolicy.type).toBe('Failed');
+    expect(byPolicy.message).toMatch(/failed with exit code 2 matching FailJob rule at index 0/);
   });
 
   it('kills the process when its Job is deleted', async () => {
@@ -112,5 +127,11 @@ describe('kubelet stand-in', { timeout: 120_000 }, () => {
     await batch.deleteNamespacedJob({ name: 'sleeps', namespace, propagationPolicy: 'Background' });
     expect(await run.exited).toBeNull();
     expect(() => process.kill(run.pid, 0)).toThrow();
+    // The Pod is gone too (the garbage collector's part).
+    for (;;) {
+      const pods = await core.listNamespacedPod({ namespace, labelSelector: 'batch.kubernetes.io/job-name=sleeps' });
+      if (pods.items.length === 0) break;
+      await sleep(100);
+    }
   });
 });

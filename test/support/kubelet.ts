@@ -1,7 +1,10 @@
 /**
  * The "kubelet stand-in" of the e2e tests: the local test bed has no kubelet and no Job controller, so this
  * watches Jobs of one namespace on the real apiserver and runs each Job's (single) container command as a local
- * process, then writes the Job's status the way the Job controller would.
+ * process. It creates the Job's Pod (labels and owner as the Job controller sets them), reports the Pod's status
+ * as a kubelet would (Running, then Succeeded/Failed with the container's exit code and termination message), and
+ * writes the Job's status as the Job controller would (conditions, reasons and messages included: the mover's
+ * reason is in the Pod, not in the Job).
  *
  * - env: literal values, secretKeyRef (read with the admin kubeconfig), fieldRef metadata.namespace / metadata.name;
  * - KUBECONFIG: a TokenRequest token of the pod's ServiceAccount, so RBAC applies to the process as in a pod;
@@ -12,9 +15,11 @@
  * - deleting the Job kills the process group (SIGTERM, then SIGKILL after 5 s).
  *
  * Not emulated: images (the container's command runs from this checkout), the securityContext (the process runs as
- * root, which the bind mounts need), resource limits, activeDeadlineSeconds, Pods (none are created).
+ * root, which the bind mounts need), resource limits, activeDeadlineSeconds; a Job whose pod cannot start (missing
+ * Secret key, unknown claim) fails at once with reason StartFailed instead of waiting.
  */
 import { spawn, type ChildProcess } from 'node:child_process';
+import { randomBytes } from 'node:crypto';
 import { copyFile, mkdir, mkdtemp, readFile, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { dirname, join, resolve } from 'node:path';
@@ -85,6 +90,25 @@ interface Running extends JobRun {
   child: ChildProcess;
   workDir: string;
   deleted: boolean;
+  podName: string;
+}
+
+/** The Job controller's reason and message for a failed pod: a FailJob rule of the podFailurePolicy, or the backoff limit. */
+function failureCondition(job: V1Job, podName: string, exitCode: number | null): { reason: string; message: string } {
+  const container = job.spec?.template.spec?.containers[0]?.name ?? '';
+  const rules = job.spec?.podFailurePolicy?.rules ?? [];
+  const index = rules.findIndex((rule) => {
+    const codes = rule.onExitCodes;
+    if (rule.action !== 'FailJob' || !codes || exitCode === null) return false;
+    return codes.operator === 'In' ? codes.values.includes(exitCode) : !codes.values.includes(exitCode);
+  });
+  if (index >= 0) {
+    return {
+      reason: 'PodFailurePolicy',
+      message: `Container ${container} for pod ${job.metadata?.namespace}/${podName} failed with exit code ${exitCode} matching FailJob rule at index ${index}`,
+    };
+  }
+  return { reason: 'BackoffLimitExceeded', message: 'Job has reached the specified backoff limit' };
 }
 
 export async function startKubelet(options: KubeletOptions): Promise<KubeletStandIn> {
@@ -151,8 +175,49 @@ export async function startKubelet(options: KubeletOptions): Promise<KubeletStan
     return lines.join('\n');
   }
 
+  /** The Job's Pod, as the Job controller creates it (labels, owner) and as if a scheduler had bound it here. */
+  async function createPod(job: V1Job, podName: string): Promise<void> {
+    const name = job.metadata?.name ?? '';
+    const uid = job.metadata?.uid ?? '';
+    const labels = { ...job.spec?.template.metadata?.labels, 'batch.kubernetes.io/job-name': name, 'job-name': name, 'batch.kubernetes.io/controller-uid': uid, 'controller-uid': uid };
+    await core.createNamespacedPod({
+      namespace,
+      body: {
+        metadata: { name: podName, namespace, labels, ownerReferences: [{ apiVersion: 'batch/v1', kind: 'Job', name, uid, controller: true, blockOwnerDeletion: true }] },
+        spec: { ...job.spec?.template.spec, containers: job.spec?.template.spec?.containers ?? [], nodeName: 'kubelet-stand-in' },
+      },
+    });
+  }
+
+  /** Pod status as a kubelet reports it: phase and the container's running / terminated state (with the termination message). */
+  async function patchPodStatus(job: V1Job, podName: string, state: { startedAt: string; finished?: { exitCode: number | null; message: string } }): Promise<void> {
+    const container = job.spec?.template.spec?.containers[0];
+    const finished = state.finished;
+    const exitCode = finished ? (finished.exitCode ?? 137) : undefined;
+    const status = {
+      phase: finished ? (exitCode === 0 ? 'Succeeded' : 'Failed') : 'Running',
+      startTime: state.startedAt,
+      hostIP: '127.0.0.1',
+      containerStatuses: [
+        {
+          name: container?.name ?? '',
+          image: container?.image ?? '',
+          imageID: '',
+          ready: !finished,
+          started: !finished,
+          restartCount: 0,
+          state: finished
+            ? { terminated: { exitCode, reason: exitCode === 0 ? 'Completed' : 'Error', ...(finished.message ? { message: finished.message } : {}), startedAt: state.startedAt, finishedAt: apiTime() } }
+            : { running: { startedAt: state.startedAt } },
+        },
+      ],
+    };
+    await core.patchNamespacedPodStatus({ name: podName, namespace, body: { status } }, mergePatchOptions());
+  }
+
   async function start(job: V1Job): Promise<void> {
     const name = job.metadata?.name ?? '';
+    const podName = `${name.slice(0, 56)}-${randomBytes(3).toString('hex')}`;
     const container = job.spec?.template.spec?.containers[0];
     const command = [...(container?.command ?? []), ...(container?.args ?? [])];
     const workDir = await mkdtemp(join(tmpdir(), `kubelet-${name}-`));
@@ -162,11 +227,13 @@ export async function startKubelet(options: KubeletOptions): Promise<KubeletStan
       if (command.length === 0) throw new Error('the container has no command');
       const first = command[0] ?? '';
       const program = programs[first] ?? first;
-      const env = await resolveEnv(job, `${name}-standin`);
+      const env = await resolveEnv(job, podName);
       const serviceAccount = job.spec?.template.spec?.serviceAccountName ?? 'default';
       await copyFile(await options.kubeconfigFor(serviceAccount, namespace), join(workDir, 'kubeconfig'));
       const script = await mountScript(job, workDir);
       await writeFile(terminationLog, '');
+      await createPod(job, podName);
+      await patchPodStatus(job, podName, { startedAt: startTime });
       await patchJobStatus(name, { startTime, active: 1 });
       const child = spawn('unshare', ['--mount', '--propagation', 'private', '--', 'sh', '-c', script, 'sh', program, ...command.slice(1)], {
         env: { PATH: process.env.PATH ?? '/usr/bin:/bin', HOME: '/tmp', ...options.extraEnv, ...env, KUBECONFIG: `${podDir}/kubeconfig`, SENDENSE_TERMINATION_LOG: `${podDir}/termination-log` },
@@ -185,6 +252,7 @@ export async function startKubelet(options: KubeletOptions): Promise<KubeletStan
         child,
         workDir,
         deleted: false,
+        podName,
         exited,
         output: () => output,
         terminationMessage: async () => (await readFile(terminationLog, 'utf8').catch(() => '')) || undefined,
@@ -192,15 +260,18 @@ export async function startKubelet(options: KubeletOptions): Promise<KubeletStan
       runs.set(name, running);
       for (const wake of waiters.get(name) ?? []) wake(running);
       waiters.delete(name);
-      void exited.then((code) => finish(name, running, code, startTime));
+      void exited.then((code) => finish(job, running, code, startTime));
     } catch (err) {
       log.warn({ job: name, err: err instanceof Error ? err.message : String(err) }, 'job could not start');
-      await markFinished(name, false, startTime, 'StartFailed', err instanceof Error ? err.message : String(err)).catch(() => undefined);
+      // A real pod would wait (e.g. CreateContainerConfigError); failing the Job at once keeps tests from hanging.
+      await markFinished(name, false, startTime, { reason: 'StartFailed', message: err instanceof Error ? err.message : String(err) }).catch(() => undefined);
       await rm(workDir, { recursive: true, force: true });
     }
   }
 
-  async function markFinished(name: string, succeeded: boolean, startTime: string, reason: string, message: string): Promise<void> {
+  async function markFinished(name: string, succeeded: boolean, startTime: string, failure?: { reason: string; message: string }): Promise<void> {
+    const reason = failure?.reason ?? '';
+    const message = failure?.message ?? '';
     const now = apiTime();
     // The apiserver wants the "criteria met" condition beside the terminal one, as the Job controller writes them.
     const conditions = succeeded
@@ -221,11 +292,13 @@ export async function startKubelet(options: KubeletOptions): Promise<KubeletStan
     });
   }
 
-  async function finish(name: string, running: Running, code: number | null, startTime: string): Promise<void> {
+  async function finish(job: V1Job, running: Running, code: number | null, startTime: string): Promise<void> {
     if (running.deleted || stopped) return;
-    const message = code === 0 ? '' : ((await running.terminationMessage()) ?? `exit code ${code}`);
+    const name = job.metadata?.name ?? '';
     try {
-      await markFinished(name, code === 0, startTime, code === null ? 'PodKilled' : 'BackoffLimitExceeded', message.slice(0, 1024));
+      const message = ((await running.terminationMessage()) ?? '').slice(0, 4096);
+      await patchPodStatus(job, running.podName, { startedAt: startTime, finished: { exitCode: code, message } });
+      await markFinished(name, code === 0, startTime, code === 0 ? undefined : failureCondition(job, running.podName, code));
     } catch (err) {
       log.warn({ job: name, err: err instanceof Error ? err.message : String(err) }, 'job status not written');
     }
@@ -268,7 +341,8 @@ export async function startKubelet(options: KubeletOptions): Promise<KubeletStan
     const running = job.metadata?.name ? runs.get(job.metadata.name) : undefined;
     if (!running || running.deleted) return;
     running.deleted = true;
-    void kill(running);
+    // The process dies (kubelet), then the Pod goes (garbage collector; absent from the test bed).
+    void kill(running).then(() => core.deleteNamespacedPod({ name: running.podName, namespace, gracePeriodSeconds: 0 }).catch(() => undefined));
   };
   informer.on('delete', onDeleted);
   informer.on('update', (job) => {
