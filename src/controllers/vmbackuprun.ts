@@ -207,6 +207,19 @@ class RunReconciler {
     return { name: this.run.metadata.name, namespace: this.namespace, uid: this.run.metadata.uid ?? '' };
   }
 
+  /** The iSCSI initiator of this run's movers: their volume groups are attached to it. */
+  private get initiatorName(): string {
+    return `iqn.2026-01.io.sendense:mover-${this.run.metadata.uid ?? this.run.metadata.name}`;
+  }
+
+  /** Deletes the export volume groups of this run's movers that a killed mover left (tagged with the run's uid). */
+  private async releaseExportVolumeGroups(prism: PrismClient): Promise<void> {
+    const uid = this.run.metadata.uid;
+    if (!uid) return;
+    const released = await prism.releaseExportVolumeGroups(uid, this.initiatorName, this.context.signal);
+    if (released.length > 0) this.context.log.info({ volumeGroups: released }, 'released export volume groups left by movers');
+  }
+
   private get policyLabel(): string {
     return this.run.spec.policyRef?.name ?? '';
   }
@@ -489,7 +502,8 @@ class RunReconciler {
           : {}),
         ...(base && !baseRecoveryPoint ? { noBaseReason: `base recovery point ${base.recoveryPointId} is gone` } : {}),
         ...(base && baseRecoveryPoint && !baseDisk?.sizeBytes ? { noBaseReason: 'new disk' } : {}),
-        initiatorName: `iqn.2026-01.io.sendense:mover-${this.run.metadata.uid ?? this.run.metadata.name}`,
+        initiatorName: this.initiatorName,
+        ...(this.run.metadata.uid ? { exportTag: this.run.metadata.uid } : {}),
         progressIntervalSeconds: this.options.progressIntervalSeconds ?? 3,
       };
       const job = buildDiskJob(this.owner, request, this.jobEnvironment(inputs));
@@ -670,7 +684,9 @@ class RunReconciler {
     const deadline = Date.parse(this.status.completionTime ?? rfc3339(this.now)) + (this.options.cleanupDeadlineMs ?? 1_800_000);
     try {
       if ('wait' in inputs) throw new AppError(ErrorCode.NotFound, inputs.wait.message);
-      await deleteAttemptRecoveryPoints(this.prism(inputs.cluster), vm.uuid, pointId, this.status.recoveryPointIds?.[0], this.context.signal);
+      const prism = this.prism(inputs.cluster);
+      await this.releaseExportVolumeGroups(prism);
+      await deleteAttemptRecoveryPoints(prism, vm.uuid, pointId, this.status.recoveryPointIds?.[0], this.context.signal);
       const name = jobName(this.run.metadata.name, 'cleanup');
       const job = this.context.cache(jobType).get(this.namespace, name) ?? (this.status.cleanupJobName ? await this.context.api.getIfExists(jobType, this.namespace, name, this.context.signal) : undefined);
       if (!job) {
@@ -681,6 +697,7 @@ class RunReconciler {
         await this.writeStatus({ cleanupJobName: name }, []);
         return this.poll;
       }
+      if (!this.status.cleanupJobName) await this.writeStatus({ cleanupJobName: name }, []); // the create's record did not land
       const state = jobState(job, this.now);
       if (state.state === 'succeeded') return this.cleanedUp('Cleaned', `recovery point of point ${pointId} deleted on Nutanix and its staging folder removed`);
       if (state.state === 'failed') return this.cleanedUp('StagingNotRemoved', `recovery point deleted, but cleanup Job ${name} failed: ${state.message}; the next commit of this VM removes the staging folder`, false);
@@ -698,8 +715,8 @@ class RunReconciler {
     return {};
   }
 
-  /** Deletes this run's unfinished Jobs of the given roles; true while any still exists. */
-  private async stopJobs(roleFilter: (role: string) => boolean): Promise<boolean> {
+  /** Deletes this run's unfinished Jobs of the given roles (with `includeFinished` also the finished ones); true while an unfinished one still exists. */
+  private async stopJobs(roleFilter: (role: string) => boolean, includeFinished = false): Promise<boolean> {
     const uid = this.run.metadata.uid;
     const jobs = this.context
       .cache(jobType)
@@ -708,10 +725,9 @@ class RunReconciler {
     let remaining = false;
     for (const job of jobs) {
       const state = jobState(job, this.now).state;
-      if (state === 'running' || state === 'waiting') {
-        remaining = true;
-        if (!job.metadata.deletionTimestamp) await this.context.api.delete(jobType, this.namespace, job.metadata.name, this.context.signal);
-      }
+      const unfinished = state === 'running' || state === 'waiting';
+      remaining ||= unfinished;
+      if ((unfinished || includeFinished) && !job.metadata.deletionTimestamp) await this.context.api.delete(jobType, this.namespace, job.metadata.name, this.context.signal);
     }
     return remaining && jobs.some((j) => this.context.cache(jobType).get(this.namespace, j.metadata.name));
   }
@@ -720,18 +736,18 @@ class RunReconciler {
 
   async finalize(): Promise<Step> {
     if (!this.run.metadata.finalizers?.includes(runFinalizer)) return {};
-    const uid = this.run.metadata.uid;
-    for (const job of this.context.cache(jobType).list().filter((j) => j.metadata.ownerReferences?.some((o) => o.uid === uid))) {
-      if (!job.metadata.deletionTimestamp) await this.context.api.delete(jobType, this.namespace, job.metadata.name, this.context.signal);
-    }
-    const { vm, pointId } = this.status;
     const deadline = Date.parse(this.run.metadata.deletionTimestamp ?? rfc3339(this.now)) + (this.options.deletionDeadlineMs ?? 600_000);
+    // Movers still running would re-create what is deleted below: stop them first (bounded by the same deadline).
+    if ((await this.stopJobs(() => true, true)) && Date.now() < deadline) return { requeueAfterMs: 1000 };
+    const { vm, pointId } = this.status;
     const keep = this.recoveryPointNeededByAnotherRun();
     try {
       if (vm && pointId && !keep) {
         const inputs = this.inputs();
         if ('wait' in inputs) throw new AppError(ErrorCode.NotFound, inputs.wait.message, { retryable: true });
-        await deleteAttemptRecoveryPoints(this.prism(inputs.cluster), vm.uuid, pointId, this.status.recoveryPointIds?.[0], this.context.signal);
+        const prism = this.prism(inputs.cluster);
+        await this.releaseExportVolumeGroups(prism);
+        await deleteAttemptRecoveryPoints(prism, vm.uuid, pointId, this.status.recoveryPointIds?.[0], this.context.signal);
       }
     } catch (err) {
       if (this.context.signal.aborted || Date.now() < deadline) throw asRetryable(err);

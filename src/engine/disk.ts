@@ -29,6 +29,8 @@ export interface DiskBackupRequest {
   noBaseReason?: string;
   target: DiskTarget;
   initiatorName: string;
+  /** Marks the export so its volume group can be released by its owner after a crash (the operator uses the run's uid). */
+  exportTag?: string;
   tier?: StorageTier;
   tuning?: { requestSize?: number; inFlight?: number };
   /** CRT block size asked of Prism (v4: 32-256 KiB). */
@@ -103,7 +105,7 @@ export async function backupDisk(request: DiskBackupRequest): Promise<DiskBackup
   const target = await request.target(plan.overlay);
   const tuning = tuningFor(request.tier, request.tuning ?? {});
 
-  const diskExport = await prism.exportDisk({ recoveryPoint, disk: diskRp, initiatorName: request.initiatorName, signal });
+  const diskExport = await prism.exportDisk({ recoveryPoint, disk: diskRp, initiatorName: request.initiatorName, ...(request.exportTag ? { exportTag: request.exportTag } : {}), signal });
   let copied: Awaited<ReturnType<typeof copyDisk>>;
   try {
     const server = await serveDiskExport(diskExport, request.initiatorName, signal);

@@ -105,6 +105,8 @@ export const DiskRequestSchema = z.object({
   /** Why there is no base although the run is incremental (e.g. "new disk"). */
   noBaseReason: z.string().optional(),
   initiatorName: z.string().min(1),
+  /** Put into the export volume group's name (the run's uid), so the controller can release what a killed mover left. */
+  exportTag: z.string().regex(/^[a-z0-9-]{1,64}$/).optional(),
   tier: z.enum([StorageTier.Ssd, StorageTier.Hybrid, StorageTier.Archive]).optional(),
   tuning: CopyTuningOverrideSchema.optional(),
   changedRegionBlockSize: z.number().int().min(4096).max(1024 * 1024).optional(),

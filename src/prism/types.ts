@@ -146,7 +146,14 @@ export interface PrismClient {
     recoveryPoint: RecoveryPoint;
     disk: DiskRecoveryPoint;
     initiatorName: string;
+    /** Marks the export (v4: part of the volume group's name) so releaseExportVolumeGroups finds it after a crash. */
+    exportTag?: string;
     signal?: AbortSignal;
   }): Promise<DiskExport>;
+  /**
+   * Deletes the export volume groups carrying `exportTag` that a killed exporter left behind, detaching
+   * `initiatorName` first; the ids deleted. v3 exports are snapshot files: nothing to release.
+   */
+  releaseExportVolumeGroups(exportTag: string, initiatorName: string, signal?: AbortSignal): Promise<string[]>;
   close(): Promise<void>;
 }

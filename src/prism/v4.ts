@@ -212,7 +212,7 @@ export class V4Backend {
     }
   }
 
-  async exportDisk(request: { recoveryPoint: RecoveryPoint; disk: DiskRecoveryPoint; initiatorName: string; signal?: AbortSignal }): Promise<DiskExport> {
+  async exportDisk(request: { recoveryPoint: RecoveryPoint; disk: DiskRecoveryPoint; initiatorName: string; exportTag?: string; signal?: AbortSignal }): Promise<DiskExport> {
     const { signal, disk, recoveryPoint } = request;
     const what = `export disk ${disk.diskUuid} of recovery point ${recoveryPoint.id}`;
     if (!disk.diskRecoveryPointId) {
@@ -234,7 +234,7 @@ export class V4Backend {
     const created = await this.http.request({
       method: 'POST',
       path: v4Paths.volumeGroups,
-      body: { name: `sendense-export-${token}`, clusterReference: cluster.uuid, sharingStatus: 'SHARED', targetName },
+      body: { name: `${exportNamePrefix(request.exportTag)}${token}`, clusterReference: cluster.uuid, sharingStatus: 'SHARED', targetName },
       headers: { 'NTNX-Request-Id': token },
       schema: v4Envelope(v4TaskReferenceSchema),
       retrySafe: true,
@@ -288,6 +288,27 @@ export class V4Backend {
       );
       throw err;
     }
+  }
+
+  async releaseExportVolumeGroups(exportTag: string, initiatorName: string, signal?: AbortSignal): Promise<string[]> {
+    const prefix = exportNamePrefix(exportTag);
+    const what = `release export volume groups ${prefix}*`;
+    const groups = (await this.listAll(v4Paths.volumeGroups, v4VolumeGroupSchema, what, signal)).filter((vg) => vg.extId && vg.name?.startsWith(prefix));
+    if (groups.length === 0) return [];
+    const client = await this.findIscsiClient(initiatorName, what, signal);
+    const released: string[] = [];
+    for (const vg of groups) {
+      const vgPath = `${v4Paths.volumeGroups}/${pathSegment(vg.extId ?? '')}`;
+      if (client?.extId) {
+        // A group that was never attached refuses the detach; the delete below is what must succeed.
+        await this.runTask('POST', `${vgPath}/$actions/detach-iscsi-client`, { extId: client.extId }, `${what}: detach from ${vg.extId}`, { signal, goneOk: true }).catch((err: unknown) => {
+          if (signal?.aborted) throw err;
+        });
+      }
+      await this.deleteWithEtag(vgPath, `${what}: delete ${vg.extId}`, signal);
+      released.push(vg.extId ?? '');
+    }
+    return released;
   }
 
   private async findIscsiClient(initiatorName: string, what: string, signal?: AbortSignal) {
@@ -519,4 +540,9 @@ export function toVm(raw: V4Vm, categories: Map<string, [string, string]>, clust
       ],
     })),
   };
+}
+
+/** Export volume groups are named `sendense-export-[<tag>-]<request id>`; a tag names the owner (e.g. a run's uid). */
+function exportNamePrefix(exportTag: string | undefined): string {
+  return exportTag ? `sendense-export-${exportTag}-` : 'sendense-export-';
 }

@@ -120,7 +120,7 @@ describe('VMBackupRun e2e', () => {
       expect(condition(run, 'Succeeded')?.status).toBe('False');
       expect(run.status?.failureReason).toMatch(/^disk \d: /);
       expect(run.status?.disks?.some((d) => d.failureReason)).toBe(true);
-      expect(run.status?.cleanupJobName).toBe('vm2-fails-cleanup');
+      expect(run.status?.cleanupJobName, JSON.stringify(run.status)).toBe('vm2-fails-cleanup');
       const state = await e2e.sim.admin.state();
       expect(state.recoveryPoints.map((rp) => rp.extId)).not.toContain(run.status?.recoveryPointIds?.[0]);
       await noLeftoversOnNutanix(2);
@@ -131,5 +131,26 @@ describe('VMBackupRun e2e', () => {
     } finally {
       await e2e.sim.admin.clearFaults();
     }
+  });
+
+  it('fails a run whose mover is SIGKILLed mid-copy and releases the volume group the mover could not', async () => {
+    await e2e.createRun('vm2-killed-mover', { ...byHand('vm-0002'), type: 'full' });
+    const run = await untilExporting('vm2-killed-mover');
+    const uid = (await e2e.api.get(vmBackupRunType, e2e.namespace, 'vm2-killed-mover', AbortSignal.timeout(10_000)) as { metadata: { uid: string } }).metadata.uid;
+    // Wait until a mover holds an export volume group tagged with the run's uid, then kill that mover's process group.
+    let tagged: string | undefined;
+    for (let i = 0; i < 200 && !tagged; i++) {
+      tagged = (await e2e.sim.admin.state()).volumeGroups.find((vg) => vg.name.startsWith(`sendense-export-${uid}-`))?.name;
+      if (!tagged) await sleep(50);
+    }
+    expect(tagged, 'a mover exported a disk').toBeDefined();
+    const jobName = run.status?.disks?.[0]?.jobName ?? '';
+    const mover = await e2e.kubelet.started(jobName);
+    process.kill(-mover.pid, 'SIGKILL');
+    const failed = await e2e.waitForRun('vm2-killed-mover', (r) => ['True', 'False'].includes(condition(r, 'CleanedUp')?.status ?? '') && condition(r, 'CleanedUp')?.reason !== 'CleaningUp', 'the failed run cleaned up');
+    expect(failed.status?.phase).toBe('Failed');
+    expect(condition(failed, 'Ready')?.reason).toBe('ExportFailed');
+    expect(condition(failed, 'CleanedUp')?.status).toBe('True');
+    await noLeftoversOnNutanix(2);
   });
 });
