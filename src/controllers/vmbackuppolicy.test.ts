@@ -39,7 +39,7 @@ describe('parseSchedule', () => {
 
 describe('decideSchedule', () => {
   const hourly = cronOf('0 * * * *');
-  const base = { cron: hourly, startingDeadlineMs: hour, suspend: false };
+  const base = { cron: hourly, startingDeadlineMs: hour, suspend: false, resuming: false };
 
   it('waits between ticks and names the next one', () => {
     const d = decideSchedule({ ...base, now: at('2026-11-26T10:30:00Z'), handledUntil: at('2026-11-26T10:00:00Z') });
@@ -67,6 +67,12 @@ describe('decideSchedule', () => {
     const status = { lastScheduleTime: '2026-11-26T10:00:00Z', lastSkippedSchedule: { scheduleTime: '2026-11-26T11:00:00Z', reason: 'Suspended' as const, message: '' } };
     const resumed = decideSchedule({ ...base, now: at('2026-11-26T11:10:00Z'), handledUntil: handledUntil(status, at('2026-11-01T00:00:00Z')) });
     expect(resumed).toEqual({ action: 'wait', next: at('2026-11-26T12:00:00Z') });
+  });
+
+  it('the first reconcile after un-suspending skips a tick no suspended reconcile recorded (operator down, or a retry)', () => {
+    const d = decideSchedule({ ...base, resuming: true, now: at('2026-11-26T12:00:02Z'), handledUntil: at('2026-11-26T10:00:00Z') });
+    expect(d).toMatchObject({ action: 'skip', reason: 'Suspended', tick: at('2026-11-26T12:00:00Z'), missed: 1 });
+    expect(decideSchedule({ ...base, resuming: true, now: at('2026-11-26T12:30:00Z'), handledUntil: at('2026-11-26T12:00:00Z') }).action).toBe('wait');
   });
 
   it('a new policy starts at its creation, without catching up earlier ticks', () => {

@@ -114,6 +114,11 @@ export interface ScheduleInput {
   handledUntil: Date;
   startingDeadlineMs: number;
   suspend: boolean;
+  /**
+   * The persisted status still says Suspended (Ready reason): this is the first reconcile after un-suspending, so
+   * a tick that passed before it was one missed while suspended, even if no reconcile recorded it then.
+   */
+  resuming: boolean;
 }
 
 const missedCountCap = 100;
@@ -128,7 +133,7 @@ export function decideSchedule(input: ScheduleInput): ScheduleDecision {
   const [newest] = cron.previousRuns(1, new Date(now.getTime() + 1));
   if (!newest || newest.getTime() <= handledUntil.getTime()) return { action: 'wait', next };
   const missed = cron.previousRuns(missedCountCap, newest).filter((t) => t.getTime() > handledUntil.getTime()).length;
-  if (input.suspend) return { action: 'skip', tick: newest, reason: 'Suspended', missed, next };
+  if (input.suspend || input.resuming) return { action: 'skip', tick: newest, reason: 'Suspended', missed, next };
   if (now.getTime() - newest.getTime() > input.startingDeadlineMs) return { action: 'skip', tick: newest, reason: 'MissedStartingDeadline', missed, next };
   return { action: 'run', tick: newest, missed, next };
 }
@@ -353,6 +358,7 @@ async function reconcilePolicy(request: ReconcileRequest, context: ReconcileCont
     handledUntil: handledUntil(policy.status, new Date(policy.metadata.creationTimestamp ?? now.toISOString())),
     startingDeadlineMs: policy.spec.startingDeadlineSeconds * 1000,
     suspend: policy.spec.suspend,
+    resuming: policy.status?.conditions?.find((c) => c.type === ConditionType.Ready)?.reason === Reason.Suspended,
   });
   const status: Partial<VMBackupPolicyStatus> = {
     protectedVMCount: selection.vms.length,

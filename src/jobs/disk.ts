@@ -9,7 +9,7 @@ import type { Logger } from '../lib/log.ts';
 import type { PrismClient } from '../prism/types.ts';
 import { prepareSharedPoint, type DiskResult, type SharedPoint } from '../repository/index.ts';
 import type { DiskJobResult, DiskRequest } from './contract.ts';
-import { diskStatusPatch, patchStatusReliably, ProgressReporter, type DiskFigures, type RunStatusWriter } from './run-status.ts';
+import { diskFailurePatch, diskStatusPatch, patchStatusReliably, ProgressReporter, type DiskFigures, type RunStatusWriter } from './run-status.ts';
 import { repositoryVm } from './runtime.ts';
 
 export interface DiskJobDeps {
@@ -58,7 +58,6 @@ async function copyWithRetries(request: DiskRequest, point: SharedPoint, deps: D
         ...(request.noBaseReason ? { noBaseReason: request.noBaseReason } : {}),
         target: (overlay) => point.copyTarget(request.disk.index, request.disk.sizeBytes, { overlay, signal: deps.signal }),
         initiatorName: request.initiatorName,
-        ...(request.exportTag ? { exportTag: request.exportTag } : {}),
         ...(request.tier ? { tier: request.tier } : {}),
         ...(request.tuning ? { tuning: request.tuning } : {}),
         ...(request.changedRegionBlockSize ? { changedRegionBlockSize: request.changedRegionBlockSize } : {}),
@@ -84,7 +83,23 @@ async function copyWithRetries(request: DiskRequest, point: SharedPoint, deps: D
   }
 }
 
+/**
+ * Runs one disk Job. On failure the reason is also written to `/status/disks/<i>/failureReason` (best effort, even
+ * after an abort), so it reaches the run without reading Pods.
+ */
 export async function runDiskJob(request: DiskRequest, deps: DiskJobDeps): Promise<DiskJobResult> {
+  try {
+    return await exportDisk(request, deps);
+  } catch (err) {
+    const reason = isAppError(err) ? err.oneLine() : err instanceof Error ? err.message : String(err);
+    await deps.status.patchStatus(diskFailurePatch(request.statusIndex, request.disk.uuid, reason), AbortSignal.timeout(10_000)).catch((patchErr: unknown) => {
+      deps.log.warn({ err: patchErr instanceof Error ? patchErr.message : String(patchErr) }, 'failure reason not reported to the run');
+    });
+    throw err;
+  }
+}
+
+async function exportDisk(request: DiskRequest, deps: DiskJobDeps): Promise<DiskJobResult> {
   const { disk } = request;
   if (!request.recoveryPoint.disks.some((d) => d.diskUuid === disk.uuid)) {
     throw new AppError(ErrorCode.InvalidInput, `recoveryPoint has no disk recovery point for disk ${disk.uuid}`, {
