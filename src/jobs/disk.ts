@@ -58,6 +58,7 @@ async function copyWithRetries(request: DiskRequest, point: SharedPoint, deps: D
         ...(request.noBaseReason ? { noBaseReason: request.noBaseReason } : {}),
         target: (overlay) => point.copyTarget(request.disk.index, request.disk.sizeBytes, { overlay, signal: deps.signal }),
         initiatorName: request.initiatorName,
+        ...(request.exportTag ? { exportTag: request.exportTag } : {}),
         ...(request.tier ? { tier: request.tier } : {}),
         ...(request.tuning ? { tuning: request.tuning } : {}),
         ...(request.changedRegionBlockSize ? { changedRegionBlockSize: request.changedRegionBlockSize } : {}),

@@ -112,6 +112,15 @@ export function diskStatusPatch(index: number, diskUuid: string, figures: DiskFi
   return ops;
 }
 
+/** JSON patch recording why the export of the disk failed (at most 1 KiB), guarded like diskStatusPatch. */
+export function diskFailurePatch(index: number, diskUuid: string, reason: string): JsonPatchOp[] {
+  const base = `/status/disks/${index}`;
+  return [
+    { op: 'test', path: `${base}/diskUUID`, value: diskUuid },
+    { op: 'add', path: `${base}/failureReason`, value: reason.slice(0, 1024) },
+  ];
+}
+
 /**
  * Sends the latest progress every `intervalMs` while a disk copies, and at once when the phase changes (so the
  * status shows the copy's total as soon as the plan is known): never two patches at once, a failed progress

@@ -139,7 +139,11 @@ describe('export Jobs (mover disk / commit / cleanup) on the real apiserver with
     try {
       const jobs = vm.disks.map((d) => buildDiskJob(owner, diskRequest(owner, pointId, parent?.pointId ?? null, rp, parent?.rp, d.index), environment));
       for (const job of jobs) await batch.createNamespacedJob({ namespace, body: job });
-      for (const job of jobs) expect(await waitForJob(job.metadata?.name ?? '')).toBe('Complete');
+      for (const job of jobs) {
+        const name = job.metadata?.name ?? '';
+        const outcome = await waitForJob(name);
+        expect(outcome, await kubelet.run(name)?.terminationMessage()).toBe('Complete');
+      }
       if (options.rerunDisk0 && jobs[0]) {
         // A disk Job started again for the same point (e.g. after a drain) finds the finished disk and copies nothing.
         const name = jobs[0].metadata?.name ?? '';
@@ -335,6 +339,9 @@ describe('export Jobs (mover disk / commit / cleanup) on the real apiserver with
     expect(exitCode).not.toBe(0);
     const failure = TerminationMessageSchema.parse(JSON.parse((await kubelet.run(name)?.terminationMessage()) ?? 'null'));
     expect(failure.kind).toBe('failure');
+    // The mover wrote its reason into the run's disk entry too (no Pod reading needed).
+    const status = vmBackupRun.parse(await objects.getNamespacedCustomObject({ ...runs, name: owner.name })).status;
+    expect(failure.kind === 'failure' && status?.disks?.[0]?.failureReason).toContain(failure.kind === 'failure' ? failure.message : '-');
     const vmDirPath = join(repoHostDir, repositoryPath, vm.cluster.uuid, vm.uuid);
     expect(await readdir(vmDirPath)).toContain(`.staging-${pointId}`);
 
