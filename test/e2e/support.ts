@@ -14,6 +14,7 @@ import { dirname, join, resolve } from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { fileURLToPath } from 'node:url';
 import { promisify } from 'node:util';
+import { expect } from 'vitest';
 import { z } from 'zod';
 import { vmBackupRun, type VMBackupRun } from '../../src/crds/vm-backup-run.ts';
 import { HttpMethod, IsomorphicFetchHttpLibrary, RequestContext } from '@kubernetes/client-node';
@@ -249,4 +250,26 @@ async function tableOf(api: KubeApi, namespace: string, name: string): Promise<u
   const text = await response.body.text();
   if (response.httpStatusCode !== 200) throw new Error(`Table GET ${url}: HTTP ${response.httpStatusCode} ${text.slice(0, 300)}`);
   return JSON.parse(text) as unknown;
+}
+
+/** Spec of a run made by hand (kubectl create style) with clusterRef + repository. */
+export const byHand = (vm: string) => ({ vm: { name: vm }, clusterRef: { name: clusterName }, repository: { persistentVolumeClaim: { claimName } } });
+export const finished = (run: VMBackupRun): boolean => ['Succeeded', 'PartiallyFailed', 'Failed'].includes(run.status?.phase ?? '');
+export const condition = (run: VMBackupRun | undefined, type: string) => run?.status?.conditions?.find((c) => c.type === type);
+
+export function untilExporting(e2e: E2e, name: string): Promise<VMBackupRun> {
+  return e2e.waitForRun(name, (r) => r.status?.phase === 'Exporting' && (r.status.disks ?? []).some((d) => d.jobName), 'Exporting with a Job', 60_000);
+}
+
+/** No volume group or iSCSI target left on the simulator, and exactly `keepRecoveryPoints` recovery points (the VMs' bases). */
+export async function noLeftoversOnNutanix(e2e: E2e, keepRecoveryPoints: number): Promise<void> {
+  let state = await e2e.sim.admin.state();
+  // A mover stopped by SIGTERM releases its volume group on the way out: give it the stand-in's grace period.
+  for (let i = 0; i < 40 && (state.volumeGroups.length > 0 || state.iscsiTargets.length > 0); i++) {
+    await sleep(250);
+    state = await e2e.sim.admin.state();
+  }
+  expect(state.volumeGroups).toEqual([]);
+  expect(state.iscsiTargets).toEqual([]);
+  expect(state.recoveryPoints.map((rp) => rp.name)).toHaveLength(keepRecoveryPoints);
 }
