@@ -5,7 +5,7 @@
  * long (a silently dead watch), and a periodic resync that hands every cached object to the handlers again.
  */
 import type { Logger } from '../lib/log.ts';
-import { isAppError } from '../lib/errors.ts';
+import { AppError, ErrorCode, isAppError } from '../lib/errors.ts';
 import { type KubeApi, type KubeObject, type ResourceType, kubeObject, kubeStatusOf } from './kube.ts';
 import { sleepUnlessAborted } from './time.ts';
 
@@ -176,8 +176,24 @@ export class Informer {
       }
     }, Math.min(this.options.watchdogMs, 30_000));
     watchdog.unref();
+    const startedAt = Date.now();
+    let events = 0;
     try {
-      await this.api.watch(this.type, this.namespace, this.resourceVersion ?? '', (eventType, raw) => this.onWatchEvent(eventType, raw), watchAbort.signal);
+      await this.api.watch(
+        this.type,
+        this.namespace,
+        this.resourceVersion ?? '',
+        (eventType, raw) => {
+          events++;
+          this.onWatchEvent(eventType, raw);
+        },
+        watchAbort.signal,
+      );
+      // A watch the server closes at once, empty, would otherwise be reopened in a tight loop (client-go's
+      // reflector calls this a "very short watch" and backs off the same way).
+      if (events === 0 && Date.now() - startedAt < 1000) {
+        throw new AppError(ErrorCode.Unavailable, `watch of ${this.type.plural} closed after ${Date.now() - startedAt} ms without events`, { retryable: true });
+      }
     } catch (err) {
       if (!quiet || signal.aborted) throw err;
       this.log.warn({ quietForMs: Date.now() - this.lastEventAt }, 'watch quiet for too long; relisting');

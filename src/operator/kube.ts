@@ -207,6 +207,7 @@ export class KubeApi {
         signal.removeEventListener('abort', onAbort);
         if (signal.aborted) return reject(abortError(signal, what));
         if (err === null || err === undefined) return resolve();
+        if (err instanceof AppError) return reject(err);
         const status = typeof err === 'object' && 'statusCode' in err && typeof err.statusCode === 'number' ? err.statusCode : undefined;
         if (status !== undefined) return reject(statusError(what, status, ''));
         // The client's own inactivity timeout (30 s) is a normal reconnect, not a failure.
@@ -217,29 +218,20 @@ export class KubeApi {
         if (eventType === 'ERROR') {
           const parsed = statusSchema.safeParse(object);
           const code = parsed.success ? (parsed.data.code ?? 500) : 500;
-          finish(new KubeWatchError(code, parsed.success ? (parsed.data.message ?? '') : ''));
+          // In-stream failure, typically 410 Gone (resourceVersion compacted): same classification as an HTTP status.
+          finish(statusError(what, code, JSON.stringify({ message: parsed.success ? (parsed.data.message ?? '') : '' })));
           controller?.abort();
           return;
         }
         onEvent(eventType, object);
       };
       new Watch(this.config)
-        .watch(path, { resourceVersion, allowWatchBookmarks: true, timeoutSeconds: 300 }, onWatchEvent, (err: unknown) =>
-          finish(err instanceof KubeWatchError ? statusError(what, err.code, JSON.stringify({ message: err.message })) : err),
-        )
+        .watch(path, { resourceVersion, allowWatchBookmarks: true, timeoutSeconds: 300 }, onWatchEvent, finish)
         .then((c) => {
           controller = c;
           if (signal.aborted || finished) c.abort();
         }, finish);
     });
-  }
-}
-
-class KubeWatchError extends Error {
-  readonly code: number;
-  constructor(code: number, message: string) {
-    super(message);
-    this.code = code;
   }
 }
 

@@ -292,6 +292,13 @@ describe('operator runtime', () => {
     expect(lease.spec.holderIdentity ?? '').toBe('');
   });
 
+  it('a watch from a resourceVersion the apiserver no longer has fails as 410 Gone (the informer relists on it)', async () => {
+    const api = await env.operatorApi();
+    const gone = await api.watch(nutanixClusterType, env.namespace, '1', () => {}, AbortSignal.timeout(10_000)).catch((err: unknown) => err);
+    expect(kubeStatusOf(gone)).toBe(410);
+    expect(gone).toMatchObject({ code: 'CONFLICT', retryable: true });
+  });
+
   it('an informer relists when its watch stays quiet and hands every object to resync', async () => {
     const informer = new Informer(await env.operatorApi(), vmBackupPolicyType, env.namespace, log, { watchdogMs: 500, resyncPeriodMs: 300 });
     await env.apply([
