@@ -156,7 +156,9 @@ export async function startKubelet(options: KubeletOptions): Promise<KubeletStan
   async function mountScript(job: V1Job, workDir: string): Promise<string> {
     const pod = job.spec?.template.spec;
     const container = pod?.containers[0];
-    const lines: string[] = ['set -e', `mkdir -p ${podDir}`, `mount --bind ${shellQuote(workDir)} ${podDir}`];
+    // The checkout is bound at podDir/app first: a volume over /tmp must not hide a checkout that lives under /tmp.
+    await mkdir(join(workDir, 'app'));
+    const lines: string[] = ['set -e', `mkdir -p ${podDir}`, `mount --bind ${shellQuote(workDir)} ${podDir}`, `mount --bind ${shellQuote(repoRoot)} ${podDir}/app`];
     for (const [i, mount] of (container?.volumeMounts ?? []).entries()) {
       const volume = pod?.volumes?.find((v) => v.name === mount.name);
       let hostDir: string | undefined;
@@ -226,7 +228,8 @@ export async function startKubelet(options: KubeletOptions): Promise<KubeletStan
     try {
       if (command.length === 0) throw new Error('the container has no command');
       const first = command[0] ?? '';
-      const program = programs[first] ?? first;
+      const hostProgram = programs[first] ?? first;
+      const program = hostProgram.startsWith(`${repoRoot}/`) ? `${podDir}/app/${hostProgram.slice(repoRoot.length + 1)}` : hostProgram;
       const env = await resolveEnv(job, podName);
       const serviceAccount = job.spec?.template.spec?.serviceAccountName ?? 'default';
       await copyFile(await options.kubeconfigFor(serviceAccount, namespace), join(workDir, 'kubeconfig'));
