@@ -19,7 +19,7 @@ import { AppError, ErrorCode, isAppError } from '../lib/errors.ts';
 import { findCondition, setCondition, type ConditionInput } from '../operator/conditions.ts';
 import { reasonFromCode, type ControllerDefinition, type ReconcileContext, type ReconcileRequest, type ReconcileResult } from '../operator/controller.ts';
 import { EventKind } from '../operator/events.ts';
-import { objectKey } from '../operator/informer.ts';
+import { objectKey, type Informer } from '../operator/informer.ts';
 import { PatchType, kubeStatusOf, type KubeObject } from '../operator/kube.ts';
 import { jobType, nutanixClusterType, persistentVolumeClaimType, podType, secretType, vmBackupPolicyType, vmBackupRunType } from '../operator/resources.ts';
 import { rfc3339 } from '../operator/time.ts';
@@ -123,15 +123,21 @@ class RunFailure extends Error {
 
 export function vmBackupRunController(options: VMBackupRunControllerOptions): ControllerDefinition {
   const none = () => [];
+  // A cluster turning Ready, a PVC or policy appearing: the waiting runs look again at once instead of at their next poll.
+  const pendingRuns = (_changed: KubeObject, runs: Informer): string[] =>
+    runs
+      .list()
+      .filter((r) => (vmBackupRun.safeParse(r).data?.status?.phase ?? 'Pending') === 'Pending')
+      .map((r) => objectKey(r.metadata.namespace, r.metadata.name));
   return {
     name: 'vmbackuprun',
     for: vmBackupRunType,
     owns: [jobType],
     watches: [
-      { type: nutanixClusterType, map: none },
-      { type: vmBackupPolicyType, map: none },
+      { type: nutanixClusterType, map: pendingRuns },
+      { type: vmBackupPolicyType, map: pendingRuns },
+      { type: persistentVolumeClaimType, map: pendingRuns },
       { type: secretType, map: none },
-      { type: persistentVolumeClaimType, map: none },
       { type: podType, map: none },
     ],
     workers: 4,
