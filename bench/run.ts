@@ -24,7 +24,7 @@ import { tuningFor } from '../src/mover/tiers.ts';
 import { RegionType, type Region } from '../src/mover/types.ts';
 import { createPrismClient } from '../src/prism/client.ts';
 import { Consistency, type PrismClient } from '../src/prism/types.ts';
-import { restoreDisk, type RestorePoint } from '../src/repository/index.ts';
+import { restoreDisk, verifyRepository, type RestorePoint } from '../src/repository/index.ts';
 import { ddDirect, GiB, machineFacts, median, MiB, nbdcopyToQcow2, nbdUri, qemuImgConvert, sampleLoad, sh, timed, type Timing } from './contenders.ts';
 
 const { values } = parseArgs({
@@ -248,7 +248,7 @@ try {
     if (depth % 5 === 0) log(`chain depth ${depth}`);
   }
   const restoreOut = path.join(work, 'restored.raw');
-  const restores = depths.map((depth) => ({ depth, point: pointAtDepth[depth - 1]!, timings: [] as Timing[], direct: [] as Timing[] }));
+  const restores = depths.map((depth) => ({ depth, point: pointAtDepth[depth - 1]!, timings: [] as Timing[], direct: [] as Timing[], verify: [] as Timing[] }));
   for (let round = 0; round < runs; round++) {
     for (let k = 0; k < restores.length; k++) {
       const r = restores[(k + round) % restores.length]!;
@@ -260,7 +260,10 @@ try {
       const image = path.join(r.point.dir, r.point.manifest.disks[0]!.image);
       const d = await timed(() => sh('qemu-img', ['convert', '-W', '-m', '8', '-t', 'none', '-f', 'qcow2', '-O', 'raw', image, restoreOut]));
       r.direct.push(d);
-      log(`restore depth ${r.depth} round ${round + 1}: ${t.seconds.toFixed(2)} s (cpu ${t.cpuSeconds.toFixed(2)} s); qemu-img convert -W -m 8 -t none ${d.seconds.toFixed(2)} s`);
+      // The check restore runs before converting, alone: how much of the restore it is.
+      const v = await timed(() => verifyRepository(repoFor.v3, { vm, point: r.point.pointId, disk: 0, checksums: false }));
+      r.verify.push(v);
+      log(`restore depth ${r.depth} round ${round + 1}: ${t.seconds.toFixed(2)} s (cpu ${t.cpuSeconds.toFixed(2)} s), its verify alone ${v.seconds.toFixed(2)} s; qemu-img convert -W -m 8 -t none ${d.seconds.toFixed(2)} s`);
     }
   }
   // The deepest restore is the live disk now (no write since its backup): bit-exact.
@@ -319,6 +322,7 @@ try {
     logicalGiBps: round3(sizeBytes / GiB / secondsOf(r)),
     overDepth1: round3(secondsOf(r) / secondsOf(restores[0]!)),
     runsSeconds: r.timings.map((t) => round3(t.seconds)),
+    verifyAloneSeconds: round3(median(r.verify.map((t) => t.seconds))),
     candidateConvertDirectSeconds: round3(median(r.direct.map((t) => t.seconds))),
     candidateOverDepth1: round3(median(r.direct.map((t) => t.seconds)) / median(restores[0]!.direct.map((t) => t.seconds))),
   }));
@@ -363,7 +367,7 @@ try {
   console.log();
   console.log(table(['incremental', 'median s', 'CPU s', 'changed MiB (of which zero)', 'transferred MiB', 'transferred / changed', 'time / full', 'copy s', 'copy / full copy'], incrementalRows.map((r) => [r.api, r.medianSeconds, r.medianCpuSeconds, `${(median(r.changedBytes) / MiB).toFixed(1)} (${(median(r.changedZeroBytes) / MiB).toFixed(1)})`, (median(r.transferredBytes) / MiB).toFixed(1), r.transferredOverChanged, r.timeOverFull, r.medianCopySeconds, r.copyOverFullCopy])));
   console.log();
-  console.log(table(['restore (raw, durable)', 'median s', 'CPU s', 'GiB/s logical', 'time / depth 1', 'candidate: convert -W -m 8 -t none, s', 'candidate / its depth 1'], restoreRows.map((r) => [`depth ${r.depth}`, r.medianSeconds, r.medianCpuSeconds, r.logicalGiBps, r.overDepth1, r.candidateConvertDirectSeconds, r.candidateOverDepth1])));
+  console.log(table(['restore (raw, durable)', 'median s', 'CPU s', 'GiB/s logical', 'time / depth 1', 'its verify alone, s', 'candidate: convert -W -m 8 -t none, s', 'candidate / its depth 1'], restoreRows.map((r) => [`depth ${r.depth}`, r.medianSeconds, r.medianCpuSeconds, r.logicalGiBps, r.overDepth1, r.verifyAloneSeconds, r.candidateConvertDirectSeconds, r.candidateOverDepth1])));
   console.log();
   console.log(table(['target', 'measured', 'limit', 'met'], targets.map((t) => [t.target, t.value, t.limit, t.met ? 'yes' : 'NO'])));
   const outDir = path.join(import.meta.dirname, 'out');
