@@ -6,7 +6,7 @@ import { hostname } from 'node:os';
 import type { Command } from 'commander';
 import { z } from 'zod';
 import { nutanixClusterController } from '../controllers/nutanixcluster.ts';
-import { moverSettingsFromEnv, vmBackupRunController } from '../controllers/vmbackuprun.ts';
+import { runControllerOptionsFromEnv, vmBackupRunController } from '../controllers/vmbackuprun.ts';
 import { vmBackupPolicyController } from '../controllers/vmbackuppolicy.ts';
 import { AppError, ErrorCode } from '../lib/errors.ts';
 import { createLogger } from '../lib/log.ts';
@@ -110,7 +110,7 @@ export function registerOperatorCommand(program: Command): void {
         bindAddress: settings.bindAddress,
       });
       manager.addController(nutanixClusterController({ discoveryIntervalMs: settings.discoveryIntervalMs }));
-      manager.addController(vmBackupRunController({ mover: moverSettingsFromEnv(process.env) }));
+      manager.addController(vmBackupRunController(runControllerOptionsFromEnv(process.env)));
       manager.addController(vmBackupPolicyController({ inventory: new VmInventory() }));
       log.info({ namespace: settings.namespace, identity: settings.identity, leaderElection: settings.leaderElection !== false }, 'operator starting');
       const stopped = new Promise<void>((resolve) => signal.addEventListener('abort', () => resolve(), { once: true }));

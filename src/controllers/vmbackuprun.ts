@@ -22,7 +22,7 @@ import { EventKind } from '../operator/events.ts';
 import { objectKey, type Informer } from '../operator/informer.ts';
 import { PatchType, kubeStatusOf, type KubeObject } from '../operator/kube.ts';
 import { jobType, nutanixClusterType, persistentVolumeClaimType, podType, secretType, vmBackupPolicyType, vmBackupRunType } from '../operator/resources.ts';
-import { rfc3339 } from '../operator/time.ts';
+import { parseDuration, rfc3339 } from '../operator/time.ts';
 import { Consistency, type PrismClient, type RecoveryPoint, type Vm } from '../prism/types.ts';
 import { newPointId } from '../repository/layout.ts';
 import { resolveConnection } from './nutanixcluster.ts';
@@ -86,6 +86,28 @@ export function moverSettingsFromEnv(env: NodeJS.ProcessEnv): MoverSettings {
     });
   }
   return parsed.data;
+}
+
+/** The iSCSI initiator of a run's movers: their export volume groups are attached to it. */
+export function moverInitiatorName(runUid: string): string {
+  return `iqn.2026-01.io.sendense:mover-${runUid}`;
+}
+
+/** Env of the deadlines (durations such as 10m), for operators that need other bounds than the defaults. */
+const deadlineEnv = {
+  jobStartDeadlineMs: 'SENDENSE_RUN_JOB_START_DEADLINE',
+  deletionDeadlineMs: 'SENDENSE_RUN_DELETION_DEADLINE',
+  cleanupDeadlineMs: 'SENDENSE_RUN_CLEANUP_DEADLINE',
+} as const;
+
+/** The controller's options from the operator's environment: the mover settings and optional deadlines. */
+export function runControllerOptionsFromEnv(env: NodeJS.ProcessEnv): VMBackupRunControllerOptions {
+  const options: VMBackupRunControllerOptions = { mover: moverSettingsFromEnv(env) };
+  for (const [key, name] of Object.entries(deadlineEnv) as [keyof typeof deadlineEnv, string][]) {
+    const text = env[name];
+    if (text) options[key] = parseDuration(text, name);
+  }
+  return options;
 }
 
 export interface VMBackupRunControllerOptions {
@@ -213,9 +235,8 @@ class RunReconciler {
     return { name: this.run.metadata.name, namespace: this.namespace, uid: this.run.metadata.uid ?? '' };
   }
 
-  /** The iSCSI initiator of this run's movers: their volume groups are attached to it. */
   private get initiatorName(): string {
-    return `iqn.2026-01.io.sendense:mover-${this.run.metadata.uid ?? this.run.metadata.name}`;
+    return moverInitiatorName(this.run.metadata.uid ?? this.run.metadata.name);
   }
 
   /** Deletes the export volume groups of this run's movers that a killed mover left (tagged with the run's uid). */

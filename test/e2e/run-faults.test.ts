@@ -1,11 +1,15 @@
 /**
  * VMBackupRun faults end to end (same set-up as run.test.ts): the operator SIGKILLed mid-run and restarted, a run
- * deleted mid-flight, a disk export that fails, a mover SIGKILLed mid-copy. After each, nothing is left on the
+ * deleted mid-flight, a disk export that fails, a mover SIGKILLed mid-copy, a deletion while Prism is down. After each, nothing is left on the
  * simulator but the recovery points the VMs' committed runs keep as bases.
  */
 import { setTimeout as sleep } from 'node:timers/promises';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { z } from 'zod';
+import { moverInitiatorName } from '../../src/controllers/vmbackuprun.ts';
+import { eventType } from '../../src/operator/events.ts';
 import { vmBackupRunType } from '../../src/operator/resources.ts';
+import { createPrismClient } from '../../src/prism/client.ts';
 import { requireTestbedBinaries } from '../support/testbed.ts';
 import { byHand, condition, finished, noLeftoversOnNutanix, startE2e, untilExporting, type E2e } from './support.ts';
 
@@ -14,7 +18,7 @@ describe('VMBackupRun e2e faults', () => {
 
   beforeAll(async () => {
     await requireTestbedBinaries();
-    e2e = await startE2e();
+    e2e = await startE2e({ operatorEnv: { SENDENSE_RUN_DELETION_DEADLINE: '4s' } });
   }, 180_000);
 
   afterAll(async () => {
@@ -90,6 +94,35 @@ describe('VMBackupRun e2e faults', () => {
     expect(failed.status?.phase).toBe('Failed');
     expect(condition(failed, 'Ready')?.reason).toBe('ExportFailed');
     expect(condition(failed, 'CleanedUp')?.status).toBe('True');
+    await noLeftoversOnNutanix(e2e, 1);
+  });
+
+  it('never blocks deletion forever: with Prism down, the finalizer goes after the deadline with a Warning Event naming what may remain', async () => {
+    await e2e.createRun('vm2-abandoned', byHand('vm-0002'));
+    const run = await untilExporting(e2e, 'vm2-abandoned');
+    const uid = z.object({ metadata: z.object({ uid: z.string() }) }).parse(await e2e.api.get(vmBackupRunType, e2e.namespace, 'vm2-abandoned', AbortSignal.timeout(10_000))).metadata.uid;
+    const recoveryPoint = run.status?.recoveryPointIds?.[0] ?? '';
+    await e2e.sim.admin.addFaults([{ kind: 'unavailable', match: { path: '^/api/' }, count: 1_000_000 }]);
+    try {
+      await e2e.api.delete(vmBackupRunType, e2e.namespace, 'vm2-abandoned', AbortSignal.timeout(10_000));
+      // The operator runs with SENDENSE_RUN_DELETION_DEADLINE=4s.
+      for (let i = 0; i < 240 && (await e2e.getRun('vm2-abandoned')); i++) await sleep(250);
+      expect(await e2e.getRun('vm2-abandoned')).toBeUndefined();
+      const events = z.array(z.looseObject({ reason: z.string().optional(), note: z.string().optional(), regarding: z.looseObject({ name: z.string().optional() }).optional() }));
+      const warnings = events.parse((await e2e.api.list(eventType, e2e.namespace, AbortSignal.timeout(10_000))).items).filter((e) => e.regarding?.name === 'vm2-abandoned' && e.reason === 'CleanupAbandoned');
+      expect(warnings).toHaveLength(1);
+      expect(warnings[0]?.note).toContain(recoveryPoint);
+    } finally {
+      await e2e.sim.admin.clearFaults();
+    }
+    // What the Event asks the admin to do by hand; the movers could not release their groups with Prism down either.
+    const prism = createPrismClient({ endpoint: e2e.sim.endpoint, username: e2e.sim.username, password: e2e.sim.password, caPem: e2e.sim.caPem });
+    try {
+      await prism.releaseExportVolumeGroups(uid, moverInitiatorName(uid), AbortSignal.timeout(30_000));
+      await prism.deleteRecoveryPoint(recoveryPoint, AbortSignal.timeout(30_000));
+    } finally {
+      await prism.close();
+    }
     await noLeftoversOnNutanix(e2e, 1);
   });
 });
