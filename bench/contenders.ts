@@ -19,13 +19,14 @@ export const MiB = 1024 ** 2;
 
 export const median = (xs: number[]): number => [...xs].sort((a, b) => a - b)[Math.floor(xs.length / 2)]!;
 
-/** utime + stime + reaped children's, in seconds (/proc/PID/stat fields 14-17). */
-function ownCpu(pid: number): number {
+/** /proc/PID/stat fields in seconds: [utime + stime, reaped children's cutime + cstime]; undefined once exited. */
+function cpuFields(pid: number): [number, number] | undefined {
   try {
     const fields = readFileSync(`/proc/${pid}/stat`, 'utf8').split(') ')[1]!.split(' ');
-    return [11, 12, 13, 14].reduce((n, i) => n + Number(fields[i]), 0) / 100; // USER_HZ is 100 on Linux
+    const seconds = (i: number, j: number) => (Number(fields[i]) + Number(fields[j])) / 100; // USER_HZ is 100 on Linux
+    return [seconds(11, 12), seconds(13, 14)];
   } catch {
-    return 0; // exited between listing and reading: its time is now in its parent's reaped-children fields
+    return undefined; // exited between listing and reading: its time is now in its parent's reaped-children fields
   }
 }
 
@@ -42,24 +43,40 @@ function childrenOf(pid: number): number[] {
   }
 }
 
+/** Who spent the CPU: this process itself, the tools it ran and reaped, and each live descendant by name. */
+export const CpuOwner = { InProcess: 'in-process (mover, engine, Prism client)', ReapedTools: 'reaped children (qemu-nbd of backups, qemu-img, nbdcopy, dd)' } as const;
+
 /**
- * CPU seconds of a process tree: each live process plus what its reaped children used. On a busy host CPU cost
- * is steadier than wall time, so it is reported beside it.
+ * CPU seconds of this process tree, by owner: live descendants are named by their command (tgtd, qemu-nbd, the
+ * simulator's node) and include what their own reaped children used. On a busy host CPU cost is steadier than
+ * wall time, so it is reported beside it.
  */
-export function treeCpu(root: number): number {
-  let total = 0;
-  const pending = [root];
+export function treeCpu(root = process.pid): Record<string, number> {
+  const [own, reaped] = cpuFields(root) ?? [0, 0];
+  const byOwner: Record<string, number> = { [CpuOwner.InProcess]: own, [CpuOwner.ReapedTools]: reaped };
+  const pending = childrenOf(root);
   while (pending.length) {
     const pid = pending.pop()!;
-    total += ownCpu(pid);
+    const fields = cpuFields(pid);
+    if (fields) {
+      let name = 'exited';
+      try {
+        name = readFileSync(`/proc/${pid}/comm`, 'utf8').trim();
+      } catch {
+        // exited just now; its seconds were read above
+      }
+      if (name === 'node' || name === 'MainThread') name = 'simulator (node)'; // Node names its main thread
+      byOwner[name] = (byOwner[name] ?? 0) + fields[0] + fields[1];
+    }
     pending.push(...childrenOf(pid));
   }
-  return total;
+  return byOwner;
 }
 
 export interface Timing {
   seconds: number;
   cpuSeconds: number;
+  cpuByOwner: Record<string, number>;
 }
 
 /**
@@ -68,11 +85,15 @@ export interface Timing {
  */
 export async function timed(fn: () => Promise<unknown>): Promise<Timing> {
   await execFileAsync('sync');
-  const cpu0 = treeCpu(process.pid);
+  const before = treeCpu();
   const t0 = performance.now();
   await fn();
   const seconds = (performance.now() - t0) / 1000;
-  return { seconds, cpuSeconds: treeCpu(process.pid) - cpu0 };
+  const after = treeCpu();
+  // A process that exits inside fn moves its seconds to its parent's reaped fields: only the sum is exact then.
+  const cpuByOwner = Object.fromEntries(Object.entries(after).map(([owner, s]) => [owner, Number((s - (before[owner] ?? 0)).toFixed(2))]));
+  const cpuSeconds = Object.values(after).reduce((n, x) => n + x, 0) - Object.values(before).reduce((n, x) => n + x, 0);
+  return { seconds, cpuSeconds, cpuByOwner };
 }
 
 /** Runs a tool to completion; a non-zero exit rejects with its stderr. */

@@ -278,6 +278,8 @@ try {
   const cpuOf = (s: { timings: Timing[] }) => median(s.timings.map((t) => t.cpuSeconds));
   const ddSeconds = secondsOf(fulls.find((f) => f.kind === 'limit')!);
   const diskLimitBps = dataBytes / ddSeconds;
+  const medianByOwner = (timings: Timing[]) =>
+    Object.fromEntries([...new Set(timings.flatMap((t) => Object.keys(t.cpuByOwner)))].map((owner) => [owner, round3(median(timings.map((t) => t.cpuByOwner[owner] ?? 0)))]));
   const peersOf = (source: Series['source']) => fulls.filter((f) => f.kind === 'peer' && f.source === source);
   const fullRows = fulls.map((f) => {
     const s = secondsOf(f);
@@ -294,6 +296,7 @@ try {
       bestPeerTimeOverThis: peers.length ? round3(Math.min(...peers.map(secondsOf)) / s) : null,
       peerTimeOverThis: Object.fromEntries(peers.map((p) => [p.name, round3(secondsOf(p) / s)])),
       runsSeconds: f.timings.map((t) => round3(t.seconds)),
+      medianCpuByOwner: medianByOwner(f.timings),
     };
   });
   const copyRows = (['v4', 'v3'] as const).map((api) => ({ api, medianCopySeconds: round3(median(copySeconds[api])), dataGiBps: round3(dataBytes / GiB / median(copySeconds[api])) }));
@@ -322,6 +325,7 @@ try {
     logicalGiBps: round3(sizeBytes / GiB / secondsOf(r)),
     overDepth1: round3(secondsOf(r) / secondsOf(restores[0]!)),
     runsSeconds: r.timings.map((t) => round3(t.seconds)),
+    medianCpuByOwner: medianByOwner(r.timings),
     verifyAloneSeconds: round3(median(r.verify.map((t) => t.seconds))),
     candidateConvertDirectSeconds: round3(median(r.direct.map((t) => t.seconds))),
     candidateOverDepth1: round3(median(r.direct.map((t) => t.seconds)) / median(restores[0]!.direct.map((t) => t.seconds))),
@@ -363,6 +367,8 @@ try {
     [`| ${head.join(' | ')} |`, `|${head.map(() => '---').join('|')}|`, ...rows.map((r) => `| ${r.map((c) => c ?? '-').join(' | ')} |`)].join('\n');
   console.log(`\n${sizeText} disk, ${(disk.allocatedBytes / GiB).toFixed(2)} GiB allocated (random ${disk.share.random}, pattern ${disk.share.pattern}, written zero ${disk.share.writtenZero}, hole ${disk.share.hole}); ${runs} runs; load average ${loadAverage.min}-${loadAverage.max} (median ${loadAverage.median})\n`);
   console.log(table(['full backup', 'median s', 'CPU s', 'GiB/s logical', 'GiB/s data', 'of dd limit', 'best peer time / this'], fullRows.map((r) => [r.name, r.medianSeconds, r.medianCpuSeconds, r.logicalGiBps, r.dataGiBps, r.ofDiskLimit, r.bestPeerTimeOverThis])));
+  const tgtdOf = (r: (typeof fullRows)[number]) => r.medianCpuByOwner.tgtd ?? 0;
+  console.log(`tgtd (the simulated iSCSI target) CPU s, median: ${fullRows.filter((r) => r.source === 'iscsi').map((r) => `${r.name.split(',')[0]} ${tgtdOf(r)}`).join('; ')}`);
   console.log(`copy phase alone inside the full backups: ${copyRows.map((c) => `${c.api} ${c.medianCopySeconds} s (${c.dataGiBps} GiB/s data)`).join(', ')}`);
   console.log();
   console.log(table(['incremental', 'median s', 'CPU s', 'changed MiB (of which zero)', 'transferred MiB', 'transferred / changed', 'time / full', 'copy s', 'copy / full copy'], incrementalRows.map((r) => [r.api, r.medianSeconds, r.medianCpuSeconds, `${(median(r.changedBytes) / MiB).toFixed(1)} (${(median(r.changedZeroBytes) / MiB).toFixed(1)})`, (median(r.transferredBytes) / MiB).toFixed(1), r.transferredOverChanged, r.timeOverFull, r.medianCopySeconds, r.copyOverFullCopy])));
