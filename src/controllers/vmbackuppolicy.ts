@@ -60,12 +60,25 @@ export interface VMBackupPolicyControllerOptions {
 }
 
 export function vmBackupPolicyController(options: VMBackupPolicyControllerOptions): ControllerDefinition {
+  const clusterVerdicts = new Map<string, string>();
   return {
     name: 'vmbackuppolicy',
     for: vmBackupPolicyType,
     owns: [vmBackupRunType],
     watches: [
-      { type: nutanixClusterType, map: (cluster, policies) => policiesOfCluster(policies, cluster.metadata.namespace, [cluster.metadata.name]) },
+      {
+        type: nutanixClusterType,
+        // Every rediscovery rewrites the cluster's status; waking hundreds of policies for that alone would queue a
+        // changed policy behind them (issue 5). Only a new spec or a new Ready verdict reaches the policies; a
+        // deleted cluster is noticed at each policy's next tick or resync.
+        map: (cluster, policies) => {
+          const key = objectKey(cluster.metadata.namespace, cluster.metadata.name);
+          const verdict = clusterVerdict(cluster);
+          if (clusterVerdicts.get(key) === verdict) return [];
+          clusterVerdicts.set(key, verdict);
+          return policiesOfCluster(policies, cluster.metadata.namespace, [cluster.metadata.name]);
+        },
+      },
       { type: secretType, map: policiesInNamespaceOf },
     ],
     reconcile: (request, context) => reconcilePolicy(request, context, options.inventory),
@@ -288,6 +301,15 @@ export function runsBeyondHistory(runs: readonly VMBackupRun[], limits: { succes
 
 // ---------------------------------------------------------------------------------------------------------------
 // Reconcile
+
+const readyOfCluster = z.looseObject({ status: z.looseObject({ conditions: z.array(z.looseObject({ type: z.string(), status: z.string(), reason: z.string() })).optional() }).optional() });
+
+/** What policies care about in a NutanixCluster: its spec (generation) and its Ready verdict. */
+function clusterVerdict(cluster: KubeObject): string {
+  const parsed = readyOfCluster.safeParse(cluster);
+  const ready = parsed.success ? parsed.data.status?.conditions?.find((c) => c.type === 'Ready') : undefined;
+  return JSON.stringify([cluster.metadata.uid, cluster.metadata.generation, cluster.metadata.deletionTimestamp, ready?.status, ready?.reason]);
+}
 
 function policiesOfCluster(policies: Informer, namespace: string | undefined, clusterNames: string[]): string[] {
   const keys: string[] = [];

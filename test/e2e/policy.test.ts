@@ -113,7 +113,12 @@ describe('VMBackupPolicy controller (e2e)', () => {
       const found = await runsOf('every2s');
       return new Set(found.map(tickOf)).size >= 2 ? found : undefined;
     });
-    const p = await readPolicy('every2s');
+    // Runs are created before the status records their tick (a retry then finds them by name): wait for the status.
+    const newestTick = Math.max(...runs.map(tickOf));
+    const p = await eventually('the status to record the tick', async () => {
+      const read = await readPolicy('every2s');
+      return Date.parse(read.status?.lastScheduleTime ?? '') >= newestTick ? read : undefined;
+    });
     await patchSpec('every2s', { suspend: true });
     for (const tick of new Set(runs.map(tickOf))) {
       const ofTick = runs.filter((r) => tickOf(r) === tick);
@@ -127,7 +132,6 @@ describe('VMBackupPolicy controller (e2e)', () => {
     expect(runs.every((r) => r.spec.type === 'full' && r.spec.policyRef?.name === 'every2s')).toBe(true);
     expect(p.status?.protectedVMCount).toBe(2);
     expect(p.status?.protectedVMs?.map((v) => v.name)).toEqual([vm(0).name, vm(1).name]);
-    expect(Date.parse(p.status?.lastScheduleTime ?? '')).toBeGreaterThanOrEqual(Math.max(...runs.map(tickOf)));
     expect(Date.parse(p.status?.nextScheduleTime ?? '')).toBeGreaterThan(Date.parse(p.status?.lastScheduleTime ?? ''));
     expect(p.status?.conditions?.find((c) => c.type === 'Ready')).toMatchObject({ status: 'True', observedGeneration: p.metadata.generation });
     expect((await events('every2s')).some((e) => e.reason === 'RunsCreated')).toBe(true);
@@ -409,13 +413,9 @@ describe.runIf(process.env.SENDENSE_POLICY_SCALE === '1')('VMBackupPolicy at sca
       240_000,
     );
     const allReadyMs = performance.now() - started;
-    expect(ready.every((p) => p.status?.protectedVMCount === 4)).toBe(true);
     const { byRoute } = await e2e.sim.admin.counters();
     const vmRoutes = Object.entries(byRoute).filter(([route]) => /vms/.test(route));
-    expect(vmRoutes.filter(([route]) => /vms\/\{/.test(route) && route.startsWith('GET'))).toEqual([]);
     const listRequests = vmRoutes.reduce((sum, [, n]) => sum + n, 0);
-    // 2,000 VMs are 20 pages of 100; the NutanixCluster discovery and the shared inventory list them, each once a TTL.
-    expect(listRequests).toBeLessThanOrEqual(20 * 4);
 
     const changeStarted = performance.now();
     const patched = vmBackupPolicy.parse(
@@ -430,5 +430,11 @@ describe.runIf(process.env.SENDENSE_POLICY_SCALE === '1')('VMBackupPolicy at sca
       `scale: ${policies} policies, 2000 VMs on 3 clusters: all Ready after ${(allReadyMs / 1000).toFixed(1)} s; VM list requests ${listRequests}; ` +
         `changed policy observed after ${changeMs.toFixed(0)} ms; operator memory (rss / peak) ${await memory()}`,
     );
+    expect(ready.every((p) => p.status?.protectedVMCount === 4)).toBe(true);
+    expect(vmRoutes.filter(([route]) => /vms\/\{/.test(route) && route.startsWith('GET'))).toEqual([]);
+    // 2,000 VMs are 20 pages of 100. The NutanixCluster discovery lists them every 30 s (the harness's interval) and
+    // the shared inventory once per 60 s TTL; a listing per policy would be 500 × 20 requests.
+    const elapsedMs = performance.now() - started;
+    expect(listRequests).toBeLessThanOrEqual(20 * (Math.ceil(elapsedMs / 30_000) + Math.ceil(elapsedMs / 60_000) + 2));
   }, 360_000);
 });
