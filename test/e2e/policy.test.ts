@@ -19,7 +19,7 @@ import { mapBounded } from '../../src/lib/concurrency.ts';
 import { VmInventory } from '../../src/operator/inventory.ts';
 import { PatchType } from '../../src/operator/kube.ts';
 import { Manager } from '../../src/operator/manager.ts';
-import { vmBackupPolicyType, vmBackupRunType } from '../../src/operator/resources.ts';
+import { nutanixClusterType, vmBackupPolicyType, vmBackupRunType } from '../../src/operator/resources.ts';
 import { rfc3339 } from '../../src/operator/time.ts';
 import { createPrismClient } from '../../src/prism/client.ts';
 import type { Vm } from '../../src/prism/types.ts';
@@ -382,8 +382,14 @@ describe.runIf(process.env.SENDENSE_POLICY_SCALE === '1')('VMBackupPolicy at sca
   };
 
   it('500 policies over 2,000 VMs: one paged listing per TTL, every policy reconciled; a changed policy is picked up at once', async () => {
-    await e2e.sim.admin.resetCounters();
     const signal = () => AbortSignal.timeout(30_000);
+    // The baseline: the operator once it has discovered the 2,000 VMs, before any policy exists.
+    await eventually('the NutanixCluster discovered', async () => {
+      const cluster = z.looseObject({ status: z.looseObject({ vmCount: z.number().optional() }).optional() }).parse(await e2e.api.get(nutanixClusterType, e2e.namespace, clusterName, signal()));
+      return cluster.status?.vmCount === 2000 ? true : undefined;
+    });
+    const baselineMemory = await memory();
+    await e2e.sim.admin.resetCounters();
     // Policy i selects the 4 VMs vm-<i*4+1> … vm-<i*4+4> by name.
     const selectorOf = (i: number) => ({ vmNames: [1, 2, 3, 4].map((k) => `vm-${String(i * 4 + k).padStart(4, '0')}`) });
     const started = performance.now();
@@ -428,7 +434,7 @@ describe.runIf(process.env.SENDENSE_POLICY_SCALE === '1')('VMBackupPolicy at sca
     const changeMs = performance.now() - changeStarted;
     console.log(
       `scale: ${policies} policies, 2000 VMs on 3 clusters: all Ready after ${(allReadyMs / 1000).toFixed(1)} s; VM list requests ${listRequests}; ` +
-        `changed policy observed after ${changeMs.toFixed(0)} ms; operator memory (rss / peak) ${await memory()}`,
+        `changed policy observed after ${changeMs.toFixed(0)} ms; operator memory (rss / peak) ${baselineMemory} before the policies, ${await memory()} after`,
     );
     expect(ready.every((p) => p.status?.protectedVMCount === 4)).toBe(true);
     expect(vmRoutes.filter(([route]) => /vms\/\{/.test(route) && route.startsWith('GET'))).toEqual([]);
