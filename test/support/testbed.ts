@@ -7,8 +7,9 @@
  * With SENDENSE_E2E_KUBECONFIG=<path> the same API is served by that cluster instead (e.g. kind); see docs/testbed.md.
  */
 import { spawn, type ChildProcess } from 'node:child_process';
+import { randomBytes } from 'node:crypto';
 import { createWriteStream } from 'node:fs';
-import { access, mkdtemp, readFile, rm, writeFile } from 'node:fs/promises';
+import { access, mkdtemp, readFile, rename, rm, writeFile } from 'node:fs/promises';
 import { request as httpsRequest } from 'node:https';
 import { createServer } from 'node:net';
 import { homedir, tmpdir } from 'node:os';
@@ -131,7 +132,11 @@ function serviceAccountKubeconfigFactory(access: ClusterAccess, adminKubeconfig:
     );
     const { token } = tokenRequestStatus.parse(response.status);
     const path = join(dir, `sa-${namespace}-${serviceAccount}.kubeconfig`);
-    await writeFile(path, kubeconfigYaml(access, `system:serviceaccount:${namespace}:${serviceAccount}`, { token }), { mode: 0o600 });
+    // Written aside and renamed: concurrent calls for one account (several Jobs starting) must never expose a
+    // truncated file to a reader.
+    const temporary = `${path}.${randomBytes(4).toString('hex')}`;
+    await writeFile(temporary, kubeconfigYaml(access, `system:serviceaccount:${namespace}:${serviceAccount}`, { token }), { mode: 0o600 });
+    await rename(temporary, path);
     return path;
   };
 }
