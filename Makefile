@@ -2,7 +2,7 @@
 SHELL := /bin/bash
 export PATH := $(CURDIR)/node_modules/.bin:$(PATH)
 
-.PHONY: setup test demo check bench
+.PHONY: setup test demo demo-cli check bench
 setup:
 	@scripts/setup.sh
 
@@ -15,7 +15,10 @@ test: check
 	vitest run --reporter=default --reporter=json --outputFile.json=.cache/vitest.json; rc=$$?; node scripts/test-summary.ts .cache/vitest.json; exit $$rc
 
 demo: setup
-	scripts/demo.sh
+	node scripts/demo.ts
+
+demo-cli: setup
+	scripts/demo-cli.sh
 
 bench: setup
 	node bench/run.ts
