@@ -243,7 +243,7 @@ class RunReconciler {
   private async releaseExportVolumeGroups(prism: PrismClient): Promise<void> {
     const uid = this.run.metadata.uid;
     if (!uid) return;
-    const released = await prism.releaseExportVolumeGroups(uid, this.initiatorName, this.context.signal);
+    const released = await prism.releaseExportVolumeGroups(uid, this.context.signal);
     if (released.length > 0) this.context.log.info({ volumeGroups: released }, 'released export volume groups left by movers');
   }
 

@@ -113,9 +113,9 @@ class DiscoveringPrismClient implements PrismClient {
     return this.backendFor(request.recoveryPoint.generation).exportDisk(request);
   }
 
-  async releaseExportVolumeGroups(exportTag: string, initiatorName: string, signal?: AbortSignal): Promise<string[]> {
+  async releaseExportVolumeGroups(exportTag: string, signal?: AbortSignal): Promise<string[]> {
     if (!(await this.capabilities(signal)).apiGenerations.includes('v4')) return [];
-    return this.v4.releaseExportVolumeGroups(exportTag, initiatorName, signal);
+    return this.v4.releaseExportVolumeGroups(exportTag, signal);
   }
 
   close(): Promise<void> {

@@ -422,6 +422,9 @@ export const v4VolumeGroupSchema = z.object({
   targetPrefix: z.string().nullish(),
 });
 
+/** One entry of a volume group's iscsi-client-attachments. */
+export const v4IscsiAttachmentSchema = z.object({ extId: z.string().nullish() });
+
 export const v4IscsiClientSchema = z.object({
   extId: z.string().nullish(),
   iscsiInitiatorName: z.string().nullish(),

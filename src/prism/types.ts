@@ -151,9 +151,9 @@ export interface PrismClient {
     signal?: AbortSignal;
   }): Promise<DiskExport>;
   /**
-   * Deletes the export volume groups carrying `exportTag` that a killed exporter left behind, detaching
-   * `initiatorName` first; the ids deleted. v3 exports are snapshot files: nothing to release.
+   * Deletes the export volume groups carrying `exportTag` that a killed exporter left behind, detaching their iSCSI
+   * clients first; the ids deleted. v3 exports are snapshot files: nothing to release.
    */
-  releaseExportVolumeGroups(exportTag: string, initiatorName: string, signal?: AbortSignal): Promise<string[]>;
+  releaseExportVolumeGroups(exportTag: string, signal?: AbortSignal): Promise<string[]>;
   close(): Promise<void>;
 }

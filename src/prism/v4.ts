@@ -20,6 +20,7 @@ import {
   v4ClusterSchema,
   v4DiscoverClusterRequestSchema,
   v4Envelope,
+  v4IscsiAttachmentSchema,
   v4IscsiClientSchema,
   v4ListEnvelope,
   v4RecoveryPointCreateSchema,
@@ -290,23 +291,22 @@ export class V4Backend {
     }
   }
 
-  async releaseExportVolumeGroups(exportTag: string, initiatorName: string, signal?: AbortSignal): Promise<string[]> {
+  async releaseExportVolumeGroups(exportTag: string, signal?: AbortSignal): Promise<string[]> {
     const prefix = exportNamePrefix(exportTag);
     const what = `release export volume groups ${prefix}*`;
     const groups = (await this.listAll(v4Paths.volumeGroups, v4VolumeGroupSchema, what, signal)).filter((vg) => vg.extId && vg.name?.startsWith(prefix));
-    if (groups.length === 0) return [];
-    const client = await this.findIscsiClient(initiatorName, what, signal);
     const released: string[] = [];
     for (const vg of groups) {
-      const vgPath = `${v4Paths.volumeGroups}/${pathSegment(vg.extId ?? '')}`;
-      if (client?.extId) {
-        // A group that was never attached refuses the detach; the delete below is what must succeed.
-        await this.runTask('POST', `${vgPath}/$actions/detach-iscsi-client`, { extId: client.extId }, `${what}: detach from ${vg.extId}`, { signal, goneOk: true }).catch((err: unknown) => {
-          if (signal?.aborted) throw err;
-        });
+      const vgId = vg.extId ?? '';
+      const vgPath = `${v4Paths.volumeGroups}/${pathSegment(vgId)}`;
+      // Prism refuses to delete a volume group that still has a client attached: detach whatever is.
+      const attachments = await this.listAll(`${vgPath}/iscsi-client-attachments`, v4IscsiAttachmentSchema, `${what}: attachments of ${vgId}`, signal);
+      for (const attachment of attachments) {
+        if (!attachment.extId) continue;
+        await this.runTask('POST', `${vgPath}/$actions/detach-iscsi-client`, { extId: attachment.extId }, `${what}: detach from ${vgId}`, { signal, goneOk: true });
       }
-      await this.deleteWithEtag(vgPath, `${what}: delete ${vg.extId}`, signal);
-      released.push(vg.extId ?? '');
+      await this.deleteWithEtag(vgPath, `${what}: delete ${vgId}`, signal);
+      released.push(vgId);
     }
     return released;
   }

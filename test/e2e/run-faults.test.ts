@@ -6,7 +6,6 @@
 import { setTimeout as sleep } from 'node:timers/promises';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { z } from 'zod';
-import { moverInitiatorName } from '../../src/controllers/vmbackuprun.ts';
 import { eventType } from '../../src/operator/events.ts';
 import { vmBackupRunType } from '../../src/operator/resources.ts';
 import { createPrismClient } from '../../src/prism/client.ts';
@@ -34,6 +33,25 @@ describe('VMBackupRun e2e faults', () => {
     expect(run.status?.phase, run.status?.failureReason).toBe('Succeeded');
     expect(run.status?.recoveryPointIds).toHaveLength(1);
     expect(await e2e.compareWithSim('vm-0001', run.status?.vm?.uuid ?? '', 1)).toBe('Images are identical.');
+    await noLeftoversOnNutanix(e2e, 1);
+  });
+
+  it('ends PartiallyFailed when the old base cannot be deleted after the commit; the next run deletes it', async () => {
+    await e2e.sim.admin.addFaults([{ kind: 'taskFail', match: { path: '^DeleteRecoveryPoint$' }, count: 1, message: 'recovery point is locked' }]);
+    await e2e.createRun('vm1-partial', byHand('vm-0001'));
+    const partial = await e2e.waitForRun('vm1-partial', finished, 'the run finishing');
+    expect(partial.status?.phase, partial.status?.failureReason).toBe('PartiallyFailed');
+    expect(partial.status?.backupType).toBe('Incremental');
+    expect(condition(partial, 'Ready')?.reason).toBe('BaseRecoveryPointKept');
+    expect(condition(partial, 'Succeeded')?.status).toBe('True');
+    expect(condition(partial, 'BaseRecoveryPointDeleted')?.message).toContain(partial.status?.base?.recoveryPointId ?? '-');
+    expect(await e2e.compareWithSim('vm-0001', partial.status?.vm?.uuid ?? '', 0)).toBe('Images are identical.');
+    await noLeftoversOnNutanix(e2e, 2);
+
+    await e2e.createRun('vm1-after-partial', byHand('vm-0001'));
+    const next = await e2e.waitForRun('vm1-after-partial', finished, 'the next run finishing');
+    expect(next.status?.phase, next.status?.failureReason).toBe('Succeeded');
+    expect(next.status?.base?.runName).toBe('vm1-partial');
     await noLeftoversOnNutanix(e2e, 1);
   });
 
@@ -87,15 +105,17 @@ describe('VMBackupRun e2e faults', () => {
       if (!tagged) await sleep(50);
     }
     expect(tagged, 'a mover exported a disk').toBeDefined();
-    const jobName = run.status?.disks?.[0]?.jobName ?? '';
-    const mover = await e2e.kubelet.started(jobName);
-    process.kill(-mover.pid, 'SIGKILL');
-    const failed = await e2e.waitForRun('vm2-killed-mover', (r) => ['True', 'False'].includes(condition(r, 'CleanedUp')?.status ?? '') && condition(r, 'CleanedUp')?.reason !== 'CleaningUp', 'the failed run cleaned up');
+    // Kill every mover of the run at once, so whichever holds the group cannot release it.
+    for (const disk of run.status?.disks ?? []) {
+      const mover = await e2e.kubelet.started(disk.jobName ?? '');
+      process.kill(-mover.pid, 'SIGKILL');
+    }
+    const failed = await e2e.waitForRun('vm2-killed-mover', (r) => ['True', 'False'].includes(condition(r, 'CleanedUp')?.status ?? '') && condition(r, 'CleanedUp')?.reason !== 'CleaningUp', 'the failed run cleaned up', 60_000);
     expect(failed.status?.phase).toBe('Failed');
     expect(condition(failed, 'Ready')?.reason).toBe('ExportFailed');
     expect(condition(failed, 'CleanedUp')?.status).toBe('True');
     await noLeftoversOnNutanix(e2e, 1);
-  });
+  }, 90_000);
 
   it('never blocks deletion forever: with Prism down, the finalizer goes after the deadline with a Warning Event naming what may remain', async () => {
     await e2e.createRun('vm2-abandoned', byHand('vm-0002'));
@@ -118,7 +138,7 @@ describe('VMBackupRun e2e faults', () => {
     // What the Event asks the admin to do by hand; the movers could not release their groups with Prism down either.
     const prism = createPrismClient({ endpoint: e2e.sim.endpoint, username: e2e.sim.username, password: e2e.sim.password, caPem: e2e.sim.caPem });
     try {
-      await prism.releaseExportVolumeGroups(uid, moverInitiatorName(uid), AbortSignal.timeout(30_000));
+      await prism.releaseExportVolumeGroups(uid, AbortSignal.timeout(30_000));
       await prism.deleteRecoveryPoint(recoveryPoint, AbortSignal.timeout(30_000));
     } finally {
       await prism.close();

@@ -5,7 +5,8 @@
  */
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { requireTestbedBinaries } from '../support/testbed.ts';
-import { byHand, condition, finished, noLeftoversOnNutanix, startE2e, type E2e } from './support.ts';
+import { vmBackupPolicyType } from '../../src/operator/resources.ts';
+import { byHand, claimName, clusterName, condition, finished, noLeftoversOnNutanix, startE2e, type E2e } from './support.ts';
 
 describe('VMBackupRun e2e', () => {
   let e2e: E2e;
@@ -59,8 +60,20 @@ describe('VMBackupRun e2e', () => {
   });
 
   it('never runs two runs of one VM at once: the younger waits, naming the older, then chains onto it', async () => {
+    // A suspended policy: the second run takes cluster, repository and consistency from it (kubectl create style "run now").
+    await e2e.api.create(
+      vmBackupPolicyType,
+      e2e.namespace,
+      {
+        apiVersion: 'backup.sendense.io/v1alpha1',
+        kind: 'VMBackupPolicy',
+        metadata: { name: 'manual' },
+        spec: { clusterRef: { name: clusterName }, selector: { vmNames: ['vm-0002'] }, schedule: '@daily', suspend: true, consistency: 'crash', repository: { persistentVolumeClaim: { claimName } } },
+      },
+      AbortSignal.timeout(10_000),
+    );
     await e2e.createRun('vm2-first', byHand('vm-0002'));
-    await e2e.createRun('vm2-second', byHand('vm-0002'));
+    await e2e.createRun('vm2-second', { vm: { name: 'vm-0002' }, policyRef: { name: 'manual' } });
     const waiting = await e2e.waitForRun('vm2-second', (r) => condition(r, 'Waiting')?.reason === 'WaitingForRun', 'the second run waiting', 60_000);
     expect(waiting.status?.phase).toBe('Pending');
     expect(condition(waiting, 'Waiting')?.message).toContain('vm2-first');
@@ -69,6 +82,7 @@ describe('VMBackupRun e2e', () => {
     const second = await e2e.waitForRun('vm2-second', finished, 'the second run finishing');
     expect(second.status?.phase, second.status?.failureReason).toBe('Succeeded');
     expect(second.status?.base?.runName).toBe('vm2-first');
+    expect(second.status?.consistency).toBe('crash');
     expect(Date.parse(second.status?.startTime ?? '')).toBeGreaterThanOrEqual(Date.parse(first.status?.completionTime ?? ''));
     await noLeftoversOnNutanix(e2e, 2);
   });

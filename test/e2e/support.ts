@@ -199,7 +199,8 @@ export async function startE2e(options: E2eOptions = {}): Promise<E2e> {
           last = await e2e.getRun(name);
           if (last && done(last)) return last;
           if (Date.now() > deadline) {
-            throw new Error(`run ${name}: ${what} did not happen in ${timeoutMs / 1000} s; status: ${JSON.stringify(last?.status)}\noperator log tail:\n${operatorOutput.slice(-4000)}`);
+            const problems = operatorOutput.split('\n').filter((l) => /"level":(40|50|60)/.test(l)).slice(-10).join('\n');
+            throw new Error(`run ${name}: ${what} did not happen in ${timeoutMs / 1000} s; status: ${JSON.stringify(last?.status)}\noperator warnings:\n${problems}`);
           }
           await sleep(250);
         }

@@ -36,12 +36,12 @@ describe('releaseExportVolumeGroups', () => {
     const other = await prism.exportDisk({ recoveryPoint: rp, disk: second, initiatorName, exportTag: 'run-5678', signal });
     expect((await sim.admin.state()).volumeGroups.map((vg) => vg.name).sort()).toEqual([expect.stringMatching(/^sendense-export-run-1234-/), expect.stringMatching(/^sendense-export-run-5678-/)]);
 
-    const released = await prism.releaseExportVolumeGroups('run-1234', initiatorName, signal);
+    const released = await prism.releaseExportVolumeGroups('run-1234', signal);
     expect(released).toHaveLength(1);
     const state = await sim.admin.state();
     expect(state.volumeGroups.map((vg) => vg.name)).toEqual([expect.stringMatching(/^sendense-export-run-5678-/)]);
     expect(state.iscsiTargets).toHaveLength(1);
-    expect(await prism.releaseExportVolumeGroups('run-1234', initiatorName, signal)).toEqual([]);
+    expect(await prism.releaseExportVolumeGroups('run-1234', signal)).toEqual([]);
 
     await other.release(signal);
     await prism.deleteRecoveryPoint(rp.id, signal);
@@ -54,7 +54,7 @@ describe('releaseExportVolumeGroups', () => {
     const v3sim = await startSim({ vms: 1, api: 'v3' });
     const v3 = createPrismClient({ endpoint: v3sim.endpoint, username: v3sim.username, password: v3sim.password, caPem: v3sim.caPem });
     try {
-      expect(await v3.releaseExportVolumeGroups('run-1234', initiatorName, AbortSignal.timeout(30_000))).toEqual([]);
+      expect(await v3.releaseExportVolumeGroups('run-1234', AbortSignal.timeout(30_000))).toEqual([]);
     } finally {
       await v3.close();
       await v3sim.stop();
