@@ -9,10 +9,11 @@ describe('runControllerOptionsFromEnv', () => {
       SENDENSE_MOVER_RESOURCES: '{"limits":{"memory":"1Gi"}}',
       SENDENSE_MOVER_ACTIVE_DEADLINE_SECONDS: '86400',
       SENDENSE_MOVER_TTL_SECONDS_AFTER_FINISHED: '0',
+      SENDENSE_MOVER_SERVICE_ACCOUNT: 'backup-mover',
       SENDENSE_RUN_DELETION_DEADLINE: '30s',
     });
     expect(options).toEqual({
-      mover: { image: 'registry.example/sendense:1.2.3', imagePullPolicy: 'Always', resources: { limits: { memory: '1Gi' } }, activeDeadlineSeconds: 86400, ttlSecondsAfterFinished: 0 },
+      mover: { image: 'registry.example/sendense:1.2.3', imagePullPolicy: 'Always', resources: { limits: { memory: '1Gi' } }, activeDeadlineSeconds: 86400, ttlSecondsAfterFinished: 0, serviceAccount: 'backup-mover' },
       deletionDeadlineMs: 30_000,
     });
   });

@@ -61,6 +61,7 @@ const moverSettingsSchema = z.object({
   resources: z.looseObject({}).optional(),
   activeDeadlineSeconds: z.coerce.number().int().positive().optional(),
   ttlSecondsAfterFinished: z.coerce.number().int().min(0).optional(),
+  serviceAccount: z.string().min(1).optional(),
 });
 export type MoverSettings = z.infer<typeof moverSettingsSchema>;
 
@@ -78,6 +79,7 @@ export function moverSettingsFromEnv(env: NodeJS.ProcessEnv): MoverSettings {
     resources,
     activeDeadlineSeconds: env.SENDENSE_MOVER_ACTIVE_DEADLINE_SECONDS || undefined,
     ttlSecondsAfterFinished: env.SENDENSE_MOVER_TTL_SECONDS_AFTER_FINISHED || undefined,
+    serviceAccount: env.SENDENSE_MOVER_SERVICE_ACCOUNT || undefined,
   });
   if (!parsed.success) {
     const issue = parsed.error.issues[0];
@@ -480,7 +482,8 @@ class RunReconciler {
       if (!disk.jobName) await this.patchDisk(i, disk.diskUUID, { jobName: name });
       const state = jobState(job, this.now);
       if (state.state === 'succeeded') done++;
-      else if (state.state === 'failed') return this.failDisk(i, 'ExportFailed', `disk ${disk.index ?? i}: ${state.message}`);
+      // The mover writes its own reason into the disk entry; the Job's Failed message is the Job controller's generic one.
+      else if (state.state === 'failed') return this.failDisk(i, 'ExportFailed', `disk ${disk.index ?? i}: ${disk.failureReason ?? state.message}`);
       else if (state.state === 'waiting' && state.sinceMs > startDeadline) {
         return this.failDisk(i, 'JobNotStarted', `export Job ${name} did not start within ${Math.round(startDeadline / 1000)} s (check the PVC, the image and resource quotas)`);
       }
@@ -561,6 +564,7 @@ class RunReconciler {
       ...(mover.resources ? { resources: mover.resources } : {}),
       ...(mover.activeDeadlineSeconds ? { activeDeadlineSeconds: mover.activeDeadlineSeconds } : {}),
       ...(mover.ttlSecondsAfterFinished !== undefined ? { ttlSecondsAfterFinished: mover.ttlSecondsAfterFinished } : {}),
+      ...(mover.serviceAccount ? { serviceAccountName: mover.serviceAccount } : {}),
       labels: { [clusterLabel]: cluster.metadata.name, ...(this.run.spec.policyRef ? { 'backup.sendense.io/policy': this.run.spec.policyRef.name } : {}) },
     };
   }
@@ -575,7 +579,7 @@ class RunReconciler {
 
   private async failDisk(index: number, reason: string, message: string): Promise<Step> {
     const disk = this.status.disks?.[index];
-    if (disk) await this.patchDisk(index, disk.diskUUID, { failureReason: message }).catch(() => undefined);
+    if (disk && !disk.failureReason) await this.patchDisk(index, disk.diskUUID, { failureReason: message }).catch(() => undefined);
     return this.fail(reason, message);
   }
 

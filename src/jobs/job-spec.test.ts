@@ -36,6 +36,7 @@ describe('export Job builder', () => {
     const pod = spec.template.spec!;
     expect(pod.restartPolicy).toBe('Never');
     expect(pod.serviceAccountName).toBe(moverServiceAccount);
+    expect(buildDiskJob(owner, diskRequest, { ...environment, serviceAccountName: 'backup-mover' }).spec?.template.spec?.serviceAccountName).toBe('backup-mover');
     expect(pod.securityContext?.runAsNonRoot).toBe(true);
     const [container] = pod.containers;
     expect(container?.command).toEqual(['sendense-nutanix', 'mover', 'disk']);

@@ -40,6 +40,8 @@ export interface JobEnvironment {
   activeDeadlineSeconds?: number;
   /** Finished Jobs are deleted after this (default 1 h): the run's status keeps the figures. */
   ttlSecondsAfterFinished?: number;
+  /** The Pods' ServiceAccount (chart value mover.serviceAccount.name); default sendense-nutanix-mover. */
+  serviceAccountName?: string;
   /** Extra labels (e.g. the policy's). */
   labels?: Record<string, string>;
 }
@@ -100,7 +102,7 @@ function buildJob(owner: OwnerRun, request: MoverRequestInput, name: string, rol
         metadata: { labels },
         spec: {
           restartPolicy: 'Never',
-          serviceAccountName: moverServiceAccount,
+          serviceAccountName: environment.serviceAccountName ?? moverServiceAccount,
           automountServiceAccountToken: true,
           securityContext: { runAsNonRoot: true, runAsUser: 65532, runAsGroup: 65532, fsGroup: 65532, seccompProfile: { type: 'RuntimeDefault' } },
           containers: [
