@@ -346,6 +346,7 @@ try {
       { target: `incremental (${i.api}) copy phase ≤ 10 % of the full's copy phase`, value: i.copyOverFullCopy, limit: 0.1, met: i.copyOverFullCopy <= 0.1 },
     ]),
     { target: `restore depth ${deepest.depth} ≤ 1.5 × depth ${restoreRows[0]!.depth}`, value: deepest.overDepth1, limit: 1.5, met: deepest.overDepth1 <= 1.5 },
+    { target: `same for the candidate (convert -W -m 8 -t none)`, value: deepest.candidateOverDepth1, limit: 1.5, met: deepest.candidateOverDepth1 <= 1.5 },
   ];
   const result = {
     startedAt: startedAt.toISOString(),
