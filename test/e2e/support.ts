@@ -6,7 +6,7 @@
  * TokenRequest kubeconfig of the chart's operator ServiceAccount. Helpers wait for phases and conditions, kill -9
  * and restart the operator, and restore a disk from the repository to compare it with the simulator's disk.
  */
-import { execFile, spawn, type ChildProcess } from 'node:child_process';
+import { execFile, type ChildProcess } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
 import { mkdtemp, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
@@ -22,6 +22,7 @@ import { KubeApi, resourcePath } from '../../src/operator/kube.ts';
 import { jobType, nutanixClusterType, persistentVolumeClaimType, secretType, vmBackupRunType } from '../../src/operator/resources.ts';
 import { installChart } from '../packaging/chart.ts';
 import { startKubelet, type KubeletStandIn } from '../support/kubelet.ts';
+import { startOperatorProcess, type OperatorProcess } from '../support/operator-process.ts';
 import { startSim, type RunningSim, type SimOptions } from '../support/sim.ts';
 import { startTestbed, type Testbed } from '../support/testbed.ts';
 
@@ -36,11 +37,6 @@ export interface E2eOptions {
   sim?: SimOptions;
   /** Extra environment of the operator process (e.g. SENDENSE_MOVER_TTL_SECONDS_AFTER_FINISHED). */
   operatorEnv?: Record<string, string>;
-}
-
-export interface OperatorProcess {
-  child: ChildProcess;
-  output(): string;
 }
 
 export interface E2e {
@@ -117,7 +113,7 @@ export async function startE2e(options: E2eOptions = {}): Promise<E2e> {
     cleanups.push(() => kubelet.stop());
 
     const operatorKubeconfig = await testbed.kubeconfigFor(chart.operatorServiceAccount, namespace);
-    let operatorOutput = '';
+    let operatorOutput = (): string => '';
     let current: ChildProcess | undefined;
     const e2e: E2e = {
       testbed,
@@ -128,54 +124,12 @@ export async function startE2e(options: E2eOptions = {}): Promise<E2e> {
       api,
       get operator(): OperatorProcess {
         if (!current) throw new Error('the operator is not running');
-        return { child: current, output: () => operatorOutput };
+        return { child: current, output: operatorOutput };
       },
       async startOperator() {
-        const identity = `operator-${randomBytes(3).toString('hex')}`;
-        // setpriv: the operator dies with the test process even when a test is killed.
-        const child = spawn(
-          'setpriv',
-          [
-            '--pdeathsig',
-            'KILL',
-            bin,
-            'operator',
-            '--kubeconfig',
-            operatorKubeconfig,
-            '--metrics-port',
-            '0',
-            '--health-port',
-            '0',
-            '--bind-address',
-            '127.0.0.1',
-            '--lease-duration',
-            '4s',
-            '--renew-deadline',
-            '3s',
-            '--retry-period',
-            '1s',
-            '--discovery-interval',
-            '30s',
-          ],
-          {
-            env: {
-              ...process.env,
-              WATCH_NAMESPACE: namespace,
-              POD_NAMESPACE: namespace,
-              POD_NAME: identity,
-              SENDENSE_MOVER_IMAGE: 'ignored-by-the-kubelet-stand-in:e2e',
-              LOG_LEVEL: process.env.LOG_LEVEL ?? 'info',
-              ...options.operatorEnv,
-            },
-            stdio: ['ignore', 'pipe', 'pipe'],
-          },
-        );
-        const append = (chunk: Buffer) => {
-          operatorOutput = (operatorOutput + chunk.toString()).slice(-200_000);
-        };
-        child.stdout?.on('data', append);
-        child.stderr?.on('data', append);
-        current = child;
+        const started = startOperatorProcess({ kubeconfig: operatorKubeconfig, namespace, fastLeaderElection: true, ...(options.operatorEnv ? { env: options.operatorEnv } : {}) });
+        current = started.child;
+        operatorOutput = started.output;
       },
       async killOperator() {
         const child = current;
@@ -199,7 +153,7 @@ export async function startE2e(options: E2eOptions = {}): Promise<E2e> {
           last = await e2e.getRun(name);
           if (last && done(last)) return last;
           if (Date.now() > deadline) {
-            const problems = operatorOutput.split('\n').filter((l) => /"level":(40|50|60)/.test(l)).slice(-10).join('\n');
+            const problems = operatorOutput().split('\n').filter((l: string) => /"level":(40|50|60)/.test(l)).slice(-10).join('\n');
             throw new Error(`run ${name}: ${what} did not happen in ${timeoutMs / 1000} s; status: ${JSON.stringify(last?.status)}\noperator warnings:\n${problems}`);
           }
           await sleep(250);
