@@ -157,6 +157,7 @@ export function resolveConnection(cluster: NutanixCluster, secrets: Informer): R
     username: data.get(ref.usernameKey) ?? '',
     password: data.get(ref.passwordKey) ?? '',
     insecureSkipTlsVerify: cluster.spec.insecureSkipTLSVerify,
+    requestsPerSecond: cluster.spec.concurrency.prismRequestsPerSecond,
   };
   const caRef = cluster.spec.caSecretRef;
   if (caRef) {

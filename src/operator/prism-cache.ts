@@ -50,6 +50,6 @@ export class PrismClientCache {
 }
 
 export function connectionHash(connection: PrismConnection): string {
-  const material = JSON.stringify([connection.endpoint, connection.username, connection.password, connection.caPem ?? '', connection.insecureSkipTlsVerify ?? false]);
+  const material = JSON.stringify([connection.endpoint, connection.username, connection.password, connection.caPem ?? '', connection.insecureSkipTlsVerify ?? false, connection.requestsPerSecond ?? 0]);
   return createHash('sha256').update(material).digest('hex');
 }

@@ -42,6 +42,7 @@ class DiscoveringPrismClient implements PrismClient {
       password: connection.password,
       caPem: connection.caPem,
       insecureSkipTlsVerify: connection.insecureSkipTlsVerify,
+      requestsPerSecond: connection.requestsPerSecond,
       logger: log,
       retry: options.retry,
       requestTimeoutMs: options.requestTimeoutMs,

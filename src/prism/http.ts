@@ -8,6 +8,7 @@ import { setTimeout as sleep } from 'node:timers/promises';
 import axios, { type AxiosInstance, type AxiosResponse, type RawAxiosRequestHeaders } from 'axios';
 import type { z } from 'zod';
 import { AppError, ErrorCode, abortError, isAppError } from '../lib/errors.ts';
+import { RequestRateLimiter } from './rate-limit.ts';
 import type { Logger } from '../lib/log.ts';
 import { v3ErrorBodySchema, v4ErrorBodySchema } from './schemas.ts';
 
@@ -30,6 +31,8 @@ export interface HttpOptions {
   insecureSkipTlsVerify?: boolean;
   logger: Logger;
   retry?: Partial<RetryPolicy>;
+  /** At most this many requests per second, retries and logins included. */
+  requestsPerSecond?: number;
   /** Per-attempt limit; a hung connection becomes a retryable timeout. */
   requestTimeoutMs?: number;
 }
@@ -85,6 +88,7 @@ export class PrismHttp {
   private readonly log: Logger;
   private readonly retry: RetryPolicy;
   private readonly requestTimeoutMs: number;
+  private readonly limiter: RequestRateLimiter | undefined;
   private readonly agent: https.Agent;
   /** Session cookies by name, as set by Prism; sent instead of Basic auth once present. */
   private cookies = new Map<string, string>();
@@ -94,6 +98,7 @@ export class PrismHttp {
     this.log = options.logger;
     this.retry = { ...defaultRetryPolicy, ...options.retry };
     this.requestTimeoutMs = options.requestTimeoutMs ?? 60_000;
+    this.limiter = options.requestsPerSecond ? new RequestRateLimiter(options.requestsPerSecond) : undefined;
     this.basicAuth = `Basic ${Buffer.from(`${options.username}:${options.password}`).toString('base64')}`;
     this.agent = new https.Agent({
       keepAlive: true,
@@ -167,6 +172,7 @@ export class PrismHttp {
   }
 
   private async send(req: PrismRequest<z.ZodType>, useCookies: boolean): Promise<AxiosResponse<string>> {
+    await this.limiter?.acquire(req.signal);
     const headers: RawAxiosRequestHeaders = { ...req.headers };
     if (req.session !== false) {
       if (useCookies) headers.Cookie = [...this.cookies].map(([k, v]) => `${k}=${v}`).join('; ');

@@ -18,6 +18,8 @@ export interface PrismConnection {
   /** PEM bundle trusted in addition to (not instead of) nothing: when set, only these CAs are trusted. */
   caPem?: string;
   insecureSkipTlsVerify?: boolean;
+  /** Requests per second this client may send (NutanixCluster spec.concurrency.prismRequestsPerSecond). */
+  requestsPerSecond?: number;
 }
 
 export interface ClusterInfo {
