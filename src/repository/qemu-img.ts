@@ -71,6 +71,14 @@ export const ImageInfoSchema = z.object({
 });
 export type ImageInfo = z.infer<typeof ImageInfoSchema>;
 
+/** One image, without opening its backing file: a chain is checked link by link, one open per image. */
+export async function imageInfo(imagePath: string, signal?: AbortSignal): Promise<ImageInfo> {
+  const what = `qemu-img info ${imagePath}`;
+  const result = await runQemuImg(['info', '--output=json', '-U', imagePath], signal);
+  if (result.exitCode !== 0) throw qemuImgFailure(what, result);
+  return parseJsonOutput(ImageInfoSchema, what, result);
+}
+
 /** The image and every image below it, top first. Relative backing names resolve against each image's folder. */
 export async function imageInfoChain(imagePath: string, signal?: AbortSignal): Promise<ImageInfo[]> {
   const what = `qemu-img info ${imagePath}`;

@@ -39,7 +39,7 @@ import {
   type RecoveryPointRef,
   type VmConfig,
 } from './manifest.ts';
-import { checkImage, createQcow2, imageInfoChain } from './qemu-img.ts';
+import { checkImage, createQcow2, imageInfo } from './qemu-img.ts';
 import { readManifest, type RestorePoint } from './points.ts';
 
 export interface StagedDisk {
@@ -100,9 +100,9 @@ export async function stagedCopyTarget(
       hint: 'the previous point has no such disk; back this disk up in full',
     });
   }
-  const [parentInfo] = await imageInfoChain(parentImage, options.signal);
-  if (parentInfo?.['virtual-size'] !== sizeBytes) {
-    throw new AppError(ErrorCode.Repository, `disk ${index}: parent image is ${parentInfo?.['virtual-size']} bytes, the disk is ${sizeBytes}`, {
+  const parentInfo = await imageInfo(parentImage, options.signal);
+  if (parentInfo['virtual-size'] !== sizeBytes) {
+    throw new AppError(ErrorCode.Repository, `disk ${index}: parent image is ${parentInfo['virtual-size']} bytes, the disk is ${sizeBytes}`, {
       hint: 'a resized disk needs a full backup',
     });
   }
@@ -249,9 +249,9 @@ export class StagedPoint {
           hint: 'the image writer produced a damaged qcow2; the point is not committed',
         });
       }
-      const [top] = await imageInfoChain(join(this.dir, disk.image), request.signal);
-      if (top?.['virtual-size'] !== disk.logicalSizeBytes) {
-        throw new AppError(ErrorCode.Integrity, `disk ${disk.index}: image is ${top?.['virtual-size']} bytes, expected ${disk.logicalSizeBytes}`);
+      const top = await imageInfo(join(this.dir, disk.image), request.signal);
+      if (top['virtual-size'] !== disk.logicalSizeBytes) {
+        throw new AppError(ErrorCode.Integrity, `disk ${disk.index}: image is ${top['virtual-size']} bytes, expected ${disk.logicalSizeBytes}`);
       }
       disk.backingFile = top['backing-filename'] ?? null;
       if (disk.backingFile !== null && disk.backingFile !== this.backingFileFor(disk.index)) {
