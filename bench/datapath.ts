@@ -1,12 +1,16 @@
 /**
- * Data-path benchmark (not a test): a generated raw disk exported by qemu-nbd, copied durably into a qcow2
- * by our mover, by `qemu-img convert -W -m 2`, and by `nbdcopy` into a qemu-nbd qcow2 target, alternating,
- * median of several runs; plus `dd oflag=direct` of the same number of data bytes (the disk's limit), and an
- * incremental after a 5 % change. Prints a table and JSON.
+ * Data-path benchmark (not a test). A generated raw disk exported by qemu-nbd is copied durably into a qcow2 by
+ * our mover, by `qemu-img convert -W -m 2` (page cache + sync, and O_DIRECT), and by `nbdcopy` into a qemu-nbd
+ * qcow2 target, next to `dd oflag=direct` of the same number of data bytes (the disk's limit). The incremental:
+ * a qcow2 overlay over the disk with a few percent of random 64 KiB blocks changed (some written as zeros),
+ * exported by qemu-nbd, is copied by our mover into an overlay of our full image, next to `qemu-img convert -B`
+ * doing the same sparse copy from the overlay file (nbdcopy cannot copy only the changed blocks). Contenders
+ * alternate; every figure is the median of the runs. Prints a table and JSON.
  *
- *   node bench/datapath.ts [--size 4GiB] [--runs 3] [--dir DIR] [--sweep]
+ *   node bench/datapath.ts [--mode both|full|incremental] [--size 4GiB] [--runs 3] [--change-percent 5]
+ *                          [--zero-share 0.2] [--dir DIR] [--sweep]
  */
-import { mkdtemp, rename, rm } from 'node:fs/promises';
+import { copyFile, mkdtemp, rm } from 'node:fs/promises';
 import os from 'node:os';
 import path from 'node:path';
 import { parseArgs } from 'node:util';
@@ -14,37 +18,47 @@ import { z } from 'zod';
 import { parseSize } from '../src/lib/size.ts';
 import { AllocationFlag, NbdClient } from '../src/nbd/client.ts';
 import { startQemuNbd, type QemuNbdServer } from '../src/nbd/qemu-nbd.ts';
-import { copyDisk } from '../src/mover/copy-disk.ts';
+import { copyDisk, type CopyDiskOptions } from '../src/mover/copy-disk.ts';
 import { changeSampleDisk, createSampleDisk } from '../src/mover/sample-disk.ts';
 import { RegionType, type Region } from '../src/mover/types.ts';
-import { ddDirect, GiB, median, MiB, nbdcopyToQcow2, qemuImgConvert, sh, timed as timedRun } from './contenders.ts';
+import { ddDirect, GiB, median, MiB, nbdcopyToQcow2, qemuImgConvert, sampleLoad, sh, timed as timedRun } from './contenders.ts';
 
 const { values } = parseArgs({
   options: {
+    mode: { type: 'string', default: 'both' },
     size: { type: 'string', default: '4GiB' },
     runs: { type: 'string', default: '3' },
+    'change-percent': { type: 'string', default: '5' },
+    'zero-share': { type: 'string', default: '0.2' },
     dir: { type: 'string', default: os.tmpdir() },
     sweep: { type: 'boolean', default: false },
   },
 });
 const args = z
-  .object({ size: z.string(), runs: z.coerce.number().int().min(1).max(9), dir: z.string(), sweep: z.boolean() })
+  .object({
+    mode: z.enum(['both', 'full', 'incremental']),
+    size: z.string(),
+    runs: z.coerce.number().int().min(1).max(9),
+    'change-percent': z.coerce.number().gt(0).max(50),
+    'zero-share': z.coerce.number().min(0).max(1),
+    dir: z.string(),
+    sweep: z.boolean(),
+  })
   .parse(values);
 const sizeBytes = parseSize(args.size, '--size');
+const withFullPeers = args.mode !== 'incremental';
+const withIncremental = args.mode !== 'full';
 
-interface Row {
+type Tuning = Pick<CopyDiskOptions, 'clusterSize' | 'requestSize' | 'inFlight' | 'syncEveryBytes' | 'direct'>;
+
+interface Contender {
   name: string;
+  /** Bytes of data the contender copies (the rate column). */
+  dataBytes: number;
+  incremental: boolean;
+  run: () => Promise<unknown>;
   seconds: number[];
   cpuSeconds: number[];
-  dataBytes: number;
-}
-
-let lastCpu = 0;
-/** Wall seconds of fn; its CPU seconds (this process tree, including the source qemu-nbd) are left in lastCpu. */
-async function timed(fn: () => Promise<unknown>): Promise<number> {
-  const t = await timedRun(fn);
-  lastCpu = t.cpuSeconds;
-  return t.seconds;
 }
 
 async function allocatedRegions(server: QemuNbdServer): Promise<Region[]> {
@@ -58,111 +72,145 @@ async function allocatedRegions(server: QemuNbdServer): Promise<Region[]> {
 }
 
 const dir = await mkdtemp(path.join(args.dir, 'bench-datapath-'));
-const raw = path.join(dir, 'source.raw');
+const base = path.join(dir, 'base.raw');
 const out = path.join(dir, 'out.qcow2');
+const full = path.join(dir, 'full.qcow2');
+const changedSource = path.join(dir, 'changed.qcow2');
+const incr = path.join(dir, 'incr.qcow2');
+const peerIncr = path.join(dir, 'peer-incr.qcow2');
+const servers: QemuNbdServer[] = [];
+const load = sampleLoad();
 try {
   console.error(`generating ${args.size} sample disk in ${dir} …`);
-  const layout = await createSampleDisk(raw, { sizeBytes, seed: 'bench', unitBytes: MiB, maxRunUnits: 16 });
-  const server = await startQemuNbd({ image: raw, format: 'raw', shared: 8 });
+  const layout = await createSampleDisk(base, { sizeBytes, seed: 'bench', unitBytes: MiB, maxRunUnits: 16 });
+  const server = await startQemuNbd({ image: base, format: 'raw', shared: 8 });
+  servers.push(server);
   const regions = await allocatedRegions(server);
   const dataBytes = regions.filter((r) => r.type === RegionType.Regular).reduce((n, r) => n + r.length, 0);
   console.error(`data ${(dataBytes / GiB).toFixed(2)} GiB of ${(sizeBytes / GiB).toFixed(2)} GiB; ${os.cpus().length} cpus, ${os.cpus()[0]?.model}`);
 
-  const ours = (opts: { clusterSize?: number; requestSize?: number; inFlight?: number; syncEveryBytes?: number; direct?: boolean } = {}) => async () => {
+  const oursFull = (tuning: Tuning = {}) => async () => {
     await rm(out, { force: true });
-    return timed(() => copyDisk({ source: { socketPath: server.socketPath }, regions, sizeBytes, target: { path: out }, ...opts }));
+    return copyDisk({ source: { socketPath: server.socketPath }, regions, sizeBytes, target: { path: out }, ...tuning });
   };
-  const ddFile = path.join(dir, 'dd.bin');
-  const contendersOfPeers = {
-    qemuImgConvert: () => timed(() => qemuImgConvert(server.socketPath, out)),
-    nbdcopy: () => timed(() => nbdcopyToQcow2(server.socketPath, out, sizeBytes, dir)),
-    ddDirect: async () => {
-      const t = await timed(() => ddDirect(ddFile, dataBytes));
+  const contenders: Contender[] = [];
+  const add = (name: string, bytes: number, incremental: boolean, run: () => Promise<unknown>) =>
+    contenders.push({ name, dataBytes: bytes, incremental, run, seconds: [], cpuSeconds: [] });
+  add('ours full (copyDisk → qcow2, fsync)', dataBytes, false, oursFull());
+  if (withFullPeers) {
+    const ddFile = path.join(dir, 'dd.bin');
+    add('qemu-img convert -W -m 2 (+sync)', dataBytes, false, () => qemuImgConvert(server.socketPath, out));
+    add('qemu-img convert -W -m 2 -t none', dataBytes, false, () => qemuImgConvert(server.socketPath, out, ['-t', 'none']));
+    add('nbdcopy -C1 -R4 1M → qemu-nbd qcow2 (--flush)', dataBytes, false, () => nbdcopyToQcow2(server.socketPath, out, sizeBytes, dir));
+    add('dd oflag=direct of the data bytes', dataBytes, false, async () => {
+      await ddDirect(ddFile, dataBytes);
       await rm(ddFile, { force: true });
-      return t;
-    },
-  };
-  const contenders: Array<[string, () => Promise<number>]> = [
-    ['ours (copyDisk → qcow2, fsync)', ours()],
-    ['qemu-img convert -W -m 2 (+sync)', contendersOfPeers.qemuImgConvert],
-    ['nbdcopy -C1 -R4 1M → qemu-nbd qcow2 (--flush)', contendersOfPeers.nbdcopy],
-    ['dd oflag=direct of the data bytes', contendersOfPeers.ddDirect],
-  ];
-  if (args.sweep) {
-    for (const [requestSize, inFlight] of [[1, 2], [2, 2], [4, 2], [1, 4], [4, 4], [8, 2]] as const) {
-      contenders.push([`ours R${inFlight} × ${requestSize} MiB`, ours({ requestSize: requestSize * MiB, inFlight })]);
-    }
-    contenders.push(['ours cluster 1 MiB', ours({ clusterSize: MiB })]);
-    contenders.push(['ours cluster 256 KiB', ours({ clusterSize: 256 * 1024 })]);
-    contenders.push(['ours page cache (no O_DIRECT)', ours({ direct: false })]);
-    contenders.push(['ours page cache, no background sync', ours({ direct: false, syncEveryBytes: 0 })]);
-  }
-  const rows: Row[] = contenders.map(([name]) => ({ name, seconds: [], cpuSeconds: [], dataBytes }));
-  for (let r = 0; r < args.runs; r++) {
-    for (const [i, [name, fn]] of contenders.entries()) {
-      const s = await fn();
-      rows[i]!.seconds.push(s);
-      rows[i]!.cpuSeconds.push(lastCpu);
-      console.error(`run ${r + 1}: ${name}: ${s.toFixed(3)} s, cpu ${lastCpu.toFixed(2)} s, load ${os.loadavg()[0]!.toFixed(1)}`);
+    });
+    if (args.sweep) {
+      for (const [requestSize, inFlight] of [[1, 4], [4, 2], [4, 4], [8, 2]] as const) {
+        add(`ours full ${inFlight} × ${requestSize} MiB`, dataBytes, false, oursFull({ requestSize: requestSize * MiB, inFlight }));
+      }
+      add('ours full, page cache (no O_DIRECT)', dataBytes, false, oursFull({ direct: false }));
     }
   }
 
-  // Correctness of our image, once.
-  await rm(out, { force: true });
-  await ours()();
+  // Our full image, checked once; it is the backing file of the incrementals.
+  await oursFull()();
   await sh('qemu-img', ['check', '-q', out]);
-  await sh('qemu-img', ['compare', '-q', '-f', 'raw', '-F', 'qcow2', raw, out]);
-  const full = path.join(dir, 'full.qcow2');
-  await rename(out, full);
+  await sh('qemu-img', ['compare', '-q', '-f', 'raw', '-F', 'qcow2', base, out]);
+  await copyFile(out, full);
 
-  // Incremental: 5 % of the disk in random 64 KiB blocks; qemu-nbd serves the file live.
-  const changed = await changeSampleDisk(raw, sizeBytes, { seed: 'bench-5pct', fraction: 0.05 });
-  const changedBytes = changed.reduce((n, r) => n + r.length, 0);
-  const incr = path.join(dir, 'incr.qcow2');
-  const incSeconds: number[] = [];
-  const incCpu: number[] = [];
-  let transferred = 0;
-  for (let r = 0; r < args.runs; r++) {
-    await rm(incr, { force: true });
-    incSeconds.push(
-      await timed(async () => {
-        const res = await copyDisk({ source: { socketPath: server.socketPath }, regions: changed, sizeBytes, target: { path: incr, backing: { relativePath: 'full.qcow2', sizeBytes } } });
-        transferred = res.stats.transferredBytes;
-      }),
-    );
-    incCpu.push(lastCpu);
+  let changed: Region[] = [];
+  let changedBytes = 0;
+  let changedDataBytes = 0;
+  let transferredBytes = 0;
+  if (withIncremental) {
+    // The changed disk as a qcow2 overlay over the base holding exactly the changed blocks: the blocks are
+    // written into a copy of the base, and a safe rebase from that copy onto the base keeps what differs.
+    const live = path.join(dir, 'live.raw');
+    await sh('cp', ['--sparse=always', base, live]);
+    changed = await changeSampleDisk(live, sizeBytes, { seed: 'bench-change', fraction: args['change-percent'] / 100, zeroShare: args['zero-share'] });
+    await sh('qemu-img', ['create', '-q', '-f', 'qcow2', '-b', live, '-F', 'raw', changedSource]);
+    await sh('qemu-img', ['rebase', '-f', 'qcow2', '-b', base, '-F', 'raw', changedSource]);
+    await rm(live);
+    changedBytes = changed.reduce((n, r) => n + r.length, 0);
+    changedDataBytes = changed.filter((r) => r.type === RegionType.Regular).reduce((n, r) => n + r.length, 0);
+    const source = await startQemuNbd({ image: changedSource, format: 'qcow2', shared: 8 });
+    servers.push(source);
+    console.error(`changed ${(changedBytes / MiB).toFixed(1)} MiB in ${changed.length} regions (${(changedDataBytes / MiB).toFixed(1)} MiB data)`);
+    const oursIncremental = (tuning: Tuning = {}) => async () => {
+      await rm(incr, { force: true });
+      const result = await copyDisk({ source: { socketPath: source.socketPath }, regions: changed, sizeBytes, target: { path: incr, backing: { relativePath: 'full.qcow2', sizeBytes } }, ...tuning });
+      transferredBytes = result.stats.transferredBytes;
+    };
+    add(`ours incremental, ${args['change-percent']} % in 64 KiB blocks`, changedDataBytes, true, oursIncremental());
+    add('qemu-img convert -W -m 2 -t none -B full (overlay file)', changedDataBytes, true, async () => {
+      await rm(peerIncr, { force: true });
+      await sh('qemu-img', ['convert', '-W', '-m', '2', '-t', 'none', '-f', 'qcow2', '-O', 'qcow2', '-B', 'full.qcow2', '-F', 'qcow2', changedSource, peerIncr]);
+    });
+    if (args.sweep) {
+      for (const [requestSize, inFlight] of [[1, 4], [2, 8], [4, 4], [8, 2]] as const) {
+        add(`ours incremental ${inFlight} × ${requestSize} MiB`, changedDataBytes, true, oursIncremental({ requestSize: requestSize * MiB, inFlight }));
+      }
+    }
   }
-  await sh('qemu-img', ['check', '-q', incr]);
-  await sh('qemu-img', ['compare', '-q', '-f', 'raw', '-F', 'qcow2', raw, incr]);
-  rows.push({ name: `ours incremental, 5 % in 64 KiB blocks (${changed.length} regions)`, seconds: incSeconds, cpuSeconds: incCpu, dataBytes: changedBytes });
-  await server.stop();
 
-  const ddMedian = median(rows.find((r) => r.name.startsWith('dd'))!.seconds);
-  const oursMedian = median(rows[0]!.seconds);
-  const table = rows.map((row) => {
-    const s = median(row.seconds);
+  for (let r = 0; r < args.runs; r++) {
+    // Rotate the order each round so that no contender always runs right after the same one.
+    for (let k = 0; k < contenders.length; k++) {
+      const c = contenders[(k + r) % contenders.length]!;
+      const t = await timedRun(c.run);
+      c.seconds.push(t.seconds);
+      c.cpuSeconds.push(t.cpuSeconds);
+      console.error(`run ${r + 1}: ${c.name}: ${t.seconds.toFixed(3)} s, cpu ${t.cpuSeconds.toFixed(2)} s, load ${os.loadavg()[0]!.toFixed(1)}`);
+    }
+  }
+
+  if (withIncremental) {
+    // Our last incremental and the peer's both pass the check and equal the changed disk.
+    for (const image of [incr, peerIncr]) {
+      await sh('qemu-img', ['check', '-q', image]);
+      await sh('qemu-img', ['compare', '-q', '-f', 'qcow2', '-F', 'qcow2', changedSource, image]);
+    }
+  }
+
+  const ddRow = contenders.find((c) => c.name.startsWith('dd'));
+  const fullMedian = median(contenders[0]!.seconds);
+  const table = contenders.map((c) => {
+    const s = median(c.seconds);
     return {
-      name: row.name,
+      name: c.name,
       medianSeconds: Number(s.toFixed(3)),
-      medianCpuSeconds: Number(median(row.cpuSeconds).toFixed(2)),
-      logicalGiBps: row.name.startsWith('dd') ? null : Number((sizeBytes / GiB / s).toFixed(2)),
-      dataGiBps: Number((row.dataBytes / GiB / s).toFixed(2)),
-      vsOurs: Number((s / oursMedian).toFixed(2)),
-      ofDiskLimit: Number((row.dataBytes / s / (dataBytes / ddMedian)).toFixed(2)),
-      runs: row.seconds.map((x) => Number(x.toFixed(3))),
+      medianCpuSeconds: Number(median(c.cpuSeconds).toFixed(2)),
+      logicalGiBps: c.incremental || c === ddRow ? null : Number((sizeBytes / GiB / s).toFixed(2)),
+      dataGiBps: Number((c.dataBytes / GiB / s).toFixed(2)),
+      ofOursFull: Number((s / fullMedian).toFixed(3)),
+      ofDiskLimit: ddRow ? Number((c.dataBytes / s / (dataBytes / median(ddRow.seconds))).toFixed(2)) : null,
+      runs: c.seconds.map((x) => Number(x.toFixed(3))),
     };
   });
-  console.log(`load average at the end: ${os.loadavg().map((x) => x.toFixed(1)).join(' ')}`);
-  console.log('| contender | median s | CPU s (all processes) | GiB/s logical | GiB/s data | time vs ours | data rate vs dd |');
+  const loadAverage = load.stop();
+  console.log(`load average (1 min) during the run: ${loadAverage.min}-${loadAverage.max}, median ${loadAverage.median}`);
+  console.log('| contender | median s | CPU s (all processes) | GiB/s logical | GiB/s data | time / ours full | data rate / dd |');
   console.log('|---|---|---|---|---|---|---|');
-  for (const t of table) console.log(`| ${t.name} | ${t.medianSeconds} | ${t.medianCpuSeconds} | ${t.logicalGiBps ?? '-'} | ${t.dataGiBps} | ${t.vsOurs} | ${t.ofDiskLimit} |`);
+  for (const t of table) console.log(`| ${t.name} | ${t.medianSeconds} | ${t.medianCpuSeconds} | ${t.logicalGiBps ?? '-'} | ${t.dataGiBps} | ${t.ofOursFull} | ${t.ofDiskLimit ?? '-'} |`);
   console.log(
     JSON.stringify(
-      { machine: { cpus: os.cpus().length, model: os.cpus()[0]?.model, memGiB: Math.round(os.totalmem() / GiB) }, sizeBytes, dataBytes: layout.dataBytes, allocatedBytes: dataBytes, incremental: { changedBytes, transferredBytes: transferred }, results: table },
+      {
+        machine: { cpus: os.cpus().length, model: os.cpus()[0]?.model, memGiB: Math.round(os.totalmem() / GiB) },
+        loadAverage,
+        sizeBytes,
+        dataBytes: layout.dataBytes,
+        allocatedBytes: dataBytes,
+        incremental: withIncremental ? { regions: changed.length, changedBytes, changedDataBytes, transferredBytes } : undefined,
+        results: table,
+      },
       null,
       2,
     ),
   );
 } finally {
+  load.stop();
+  await Promise.all(servers.map((s) => s.stop()));
   await rm(dir, { recursive: true, force: true });
 }
