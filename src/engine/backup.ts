@@ -4,6 +4,7 @@
  * (Prism unreachable, process killed) stays in the staging journal and the next backup of the VM deletes it.
  */
 import { randomUUID } from 'node:crypto';
+import { performance } from 'node:perf_hooks';
 import { mapBounded } from '../lib/concurrency.ts';
 import { AppError, ErrorCode, isAppError } from '../lib/errors.ts';
 import { failpoint, Failpoint } from '../lib/failpoint.ts';
@@ -12,9 +13,10 @@ import type { StorageTier } from '../mover/tiers.ts';
 import type { PrismClient, RecoveryPoint, Vm, VmDisk } from '../prism/types.ts';
 import * as repository from '../repository/index.ts';
 import { judgeObtained, planConsistency, type ConsistencyMode } from './consistency.ts';
-import { backupDisk, type DiskProgressEvent } from './disk.ts';
+import { backupDisk, type DiskPhaseTimings, type DiskProgressEvent } from './disk.ts';
 export type { DiskProgressEvent } from './disk.ts';
 import { deleteAttemptRecoveryPoints, recoveryPointName, releaseLeftover, sweepStaleRecoveryPoints } from './cleanup.ts';
+import { msSince, timed } from './timing.ts';
 
 export const BackupMode = { Auto: 'auto', Full: 'full', Incremental: 'incremental' } as const;
 export type BackupMode = (typeof BackupMode)[keyof typeof BackupMode];
@@ -38,14 +40,30 @@ export interface BackupRequest {
   onProgress?: (event: DiskProgressEvent) => void;
 }
 
+/** Milliseconds per phase of one backup; disk phases overlap each other and, partly, the VM-level phases. */
+export interface BackupTimings {
+  /** VM lookup, leftovers of killed attempts, base check, staging, sweep of stale recovery points. */
+  prepareMs: number;
+  /** Recovery point created on Nutanix and read back. */
+  recoveryPointMs: number;
+  disks: (DiskPhaseTimings & { index: number; /** Its stats and checksums recorded in the staging. */ recordMs: number })[];
+  /** The restore point made durable and visible. */
+  commitMs: number;
+  /** The previous base recovery point deleted on Nutanix (after the commit). */
+  baseDeleteMs: number;
+  totalMs: number;
+}
+
 export interface BackupResult {
   point: repository.RestorePoint;
   /** Recovery points of earlier backups deleted on Nutanix after the commit. */
   deletedBaseRecoveryPoints: string[];
+  timings: BackupTimings;
 }
 
 interface DiskOutcome {
   overlay: boolean;
+  timings: DiskPhaseTimings & { recordMs: number };
   /** Why this disk was copied in full although a base existed. */
   fullReason?: string;
 }
@@ -58,6 +76,7 @@ interface Base {
 export async function backupVm(prism: PrismClient, request: BackupRequest): Promise<BackupResult> {
   const { signal } = request;
   const log = request.logger ?? createLogger({ name: 'backup' });
+  const start = performance.now();
   const vm = await prism.findVm(request.vm, signal);
   if (vm.disks.length === 0) {
     throw new AppError(ErrorCode.InvalidInput, `VM ${vm.name} has no disks to back up`, { hint: 'CD-ROMs and volume-group disks are not backed up' });
@@ -75,6 +94,8 @@ export async function backupVm(prism: PrismClient, request: BackupRequest): Prom
     const older = (await repository.listVmPoints(vmRef)).slice(0, -1);
     const stale = await sweepStaleRecoveryPoints(prism, vm.uuid, older.map((p) => ({ pointId: p.pointId, recoveryPointId: p.manifest.recoveryPoint.id })), signal);
     if (stale.length) log.info({ vm: vm.name, recoveryPoints: stale }, 'deleted stale recovery points of earlier backups');
+    const prepareMs = msSince(start);
+    const recoveryPointStart = performance.now();
     const requestId = randomUUID();
     await staged.recordRecoveryPointRequest(requestId);
     try {
@@ -91,6 +112,7 @@ export async function backupVm(prism: PrismClient, request: BackupRequest): Prom
     }
     await staged.addResource({ kind: 'recovery-point', id: recoveryPoint.id, detail: { generation: recoveryPoint.generation } });
     await staged.settleRecoveryPointRequest();
+    const recoveryPointMs = msSince(recoveryPointStart);
     const obtained = judgeObtained(request.consistency, consistencyPlan, recoveryPoint.consistency, vm.name);
     log.info({ vm: vm.name, recoveryPoint: recoveryPoint.id, consistency: obtained.obtained, reason: obtained.downgradeReason }, 'recovery point created');
 
@@ -99,7 +121,7 @@ export async function backupVm(prism: PrismClient, request: BackupRequest): Prom
     const overlays = outcomes.filter((o) => o.overlay).length;
     const fallbacks = outcomes.flatMap((o, i) => (o.fullReason ? [`disk ${vm.disks[i]?.index}: ${o.fullReason}`] : []));
     failpoint(Failpoint.BeforeCommit);
-    const point = await staged.commit({
+    const { value: point, ms: commitMs } = await timed(() => staged.commit({
       type: overlays > 0 ? 'incremental' : 'full',
       typeReason: [overlays > 0 ? `incremental on ${base?.previous.pointId}` : typeReason, ...fallbacks].join('; '),
       vm: vmConfig(vm),
@@ -115,9 +137,19 @@ export async function backupVm(prism: PrismClient, request: BackupRequest): Prom
         disks: rp.disks.map((d) => ({ ...d })),
       },
       signal,
-    });
+    }));
     log.info({ vm: vm.name, point: point.pointId, type: point.manifest.type }, 'restore point committed');
-    return { point, deletedBaseRecoveryPoints: await deleteOldBases(prism, previous, rp.id, log, signal) };
+    const { value: deletedBaseRecoveryPoints, ms: baseDeleteMs } = await timed(() => deleteOldBases(prism, previous, rp.id, log, signal));
+    const timings: BackupTimings = {
+      prepareMs,
+      recoveryPointMs,
+      disks: outcomes.map((o, i) => ({ index: vm.disks[i]?.index ?? i, ...o.timings })),
+      commitMs,
+      baseDeleteMs,
+      totalMs: msSince(start),
+    };
+    log.info({ vm: vm.name, point: point.pointId, timings }, 'backup phases');
+    return { point, deletedBaseRecoveryPoints, timings };
   } catch (err) {
     await abortAttempt(prism, vm, staged, recoveryPoint, log);
     throw err;
@@ -192,15 +224,15 @@ async function copyOneDisk(
     log,
     ...(request.onProgress ? { onProgress: request.onProgress } : {}),
   });
-  await staged.writeDisk({
+  const { ms: recordMs } = await timed(() => staged.writeDisk({
     index: disk.index,
     uuid: disk.uuid,
     logicalSizeBytes: disk.sizeBytes,
     stats: result.stats,
     checksums: result.checksums,
     zeroRanges: result.zeroRanges,
-  });
-  return result.fullReason ? { overlay: result.overlay, fullReason: result.fullReason } : { overlay: result.overlay };
+  }));
+  return { overlay: result.overlay, timings: { ...result.timings, recordMs }, ...(result.fullReason ? { fullReason: result.fullReason } : {}) };
 }
 
 /** Prism refused the request itself (auth, permission, validation): it cannot have created anything. */

@@ -3,6 +3,7 @@
  * disk recovery point, serve it with qemu-nbd and copy the plan into a QCOW2 image. Shared by the CLI backup
  * (all disks in one process) and the operator's per-disk export Jobs.
  */
+import { performance } from 'node:perf_hooks';
 import { AppError, ErrorCode, isAppError } from '../lib/errors.ts';
 import type { Logger } from '../lib/log.ts';
 import { copyDisk } from '../mover/copy-disk.ts';
@@ -10,6 +11,7 @@ import { tuningFor, type StorageTier } from '../mover/tiers.ts';
 import { RegionType, type BlockChecksum, type DiskCopyProgress, type DiskCopyStats, type Region } from '../mover/types.ts';
 import type { ChangedRegionsRequest, DiskRecoveryPoint, PrismClient, RecoveryPoint, VmDisk } from '../prism/types.ts';
 import { serveDiskExport } from './disk-source.ts';
+import { msSince, timed } from './timing.ts';
 
 export interface DiskProgressEvent extends DiskCopyProgress {
   diskIndex: number;
@@ -40,6 +42,19 @@ export interface DiskBackupRequest {
   onProgress?: (event: DiskProgressEvent) => void;
 }
 
+/** Milliseconds spent in each step of one disk (the steps may overlap: planning runs beside the export set-up). */
+export interface DiskPhaseTimings {
+  /** Changed (or allocated) regions gathered from Prism. */
+  planMs: number;
+  /** Export made readable: Prism export (v4: volume group, disk, iSCSI attach) and qemu-nbd serving it. */
+  exportSetupMs: number;
+  /** The target image created (an overlay: on the previous point's image). */
+  targetMs: number;
+  copyMs: number;
+  /** qemu-nbd stopped and the export released (v4: detach, volume group deleted). */
+  exportTeardownMs: number;
+}
+
 export interface DiskBackupResult {
   overlay: boolean;
   /** Why this disk was copied in full although the point is incremental. */
@@ -48,6 +63,7 @@ export interface DiskBackupResult {
   checksums: BlockChecksum[];
   /** The plan's ZEROED ranges, recorded (not transferred) so verify can check they read as zeros. */
   zeroRanges: { offset: number; length: number }[];
+  timings: DiskPhaseTimings;
 }
 
 function diskRecoveryPointOf(rp: RecoveryPoint, diskUuid: string): DiskRecoveryPoint {
@@ -101,14 +117,19 @@ export async function backupDisk(request: DiskBackupRequest): Promise<DiskBackup
   const report = (phase: DiskProgressEvent['phase'], progress: DiskCopyProgress) => request.onProgress?.({ diskIndex: disk.index, phase, ...progress });
   report('planning', { doneBytes: 0, totalBytes: 0, transferredBytes: 0 });
   const diskRp = diskRecoveryPointOf(recoveryPoint, disk.uuid);
-  const plan = await planDisk(request, diskRp);
-  const target = await request.target(plan.overlay);
+  const { value: plan, ms: planMs } = await timed(() => planDisk(request, diskRp));
+  const { value: target, ms: targetMs } = await timed(() => request.target(plan.overlay));
   const tuning = tuningFor(request.tier, request.tuning ?? {});
 
+  let phaseStart = performance.now();
   const diskExport = await prism.exportDisk({ recoveryPoint, disk: diskRp, initiatorName: request.initiatorName, ...(request.exportTag ? { exportTag: request.exportTag } : {}), signal });
   let copied: Awaited<ReturnType<typeof copyDisk>>;
+  let exportSetupMs = 0;
+  let copyMs = 0;
   try {
     const server = await serveDiskExport(diskExport, request.initiatorName, signal);
+    exportSetupMs = msSince(phaseStart);
+    phaseStart = performance.now();
     try {
       copied = await copyDisk({
         source: { socketPath: server.socketPath },
@@ -121,6 +142,8 @@ export async function backupDisk(request: DiskBackupRequest): Promise<DiskBackup
         signal,
         onProgress: (progress) => report('copying', progress),
       });
+      copyMs = msSince(phaseStart);
+      phaseStart = performance.now();
     } catch (err) {
       // A dead qemu-nbd explains a broken copy better than the socket error does.
       const detail = server.stderr().trim();
@@ -134,6 +157,7 @@ export async function backupDisk(request: DiskBackupRequest): Promise<DiskBackup
   } finally {
     await diskExport.release();
   }
+  const exportTeardownMs = msSince(phaseStart);
   const { stats, checksums } = copied;
   report('done', { doneBytes: stats.changedBytes, totalBytes: stats.changedBytes, transferredBytes: stats.transferredBytes });
   log.info({ disk: disk.index, overlay: plan.overlay, fullReason: plan.fullReason, stats }, 'disk copied');
@@ -143,5 +167,6 @@ export async function backupDisk(request: DiskBackupRequest): Promise<DiskBackup
     stats,
     checksums,
     zeroRanges: plan.regions.filter((r) => r.type === RegionType.Zeroed).map(({ offset, length }) => ({ offset, length })),
+    timings: { planMs, exportSetupMs, targetMs, copyMs, exportTeardownMs },
   };
 }
