@@ -4,7 +4,7 @@ import os from 'node:os';
 import path from 'node:path';
 import { promisify } from 'node:util';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { ClusterState, Qcow2Layer, type LayerExtent } from './reader.ts';
+import { ClusterState, Qcow2Layer, type LayerExtent, type LayerMapping } from './reader.ts';
 import { Qcow2Writer } from './writer.ts';
 
 const run = promisify(execFile);
@@ -33,10 +33,20 @@ describe('Qcow2Layer reads one layer of images written by qemu and by our writer
       const extents: LayerExtent[] = [];
       for await (const e of layer.extents()) extents.push(e);
       const { stdout } = await run('qemu-img', ['map', '--output=json', top]);
-      const expected = (JSON.parse(stdout) as Array<{ start: number; length: number; depth: number; zero: boolean; data: boolean }>).filter((e) => e.depth === 0);
+      const expected = (JSON.parse(stdout) as Array<{ start: number; length: number; depth: number; zero: boolean; data: boolean; offset?: number }>).filter((e) => e.depth === 0);
       expect(extents.filter((e) => e.state !== ClusterState.Unallocated)).toEqual(
         expected.map((e) => ({ offset: e.start, length: e.length, state: e.data ? ClusterState.Data : ClusterState.Zero })),
       );
+      // mappings() also says where the data lives in the file, as qemu-img map does.
+      const mappings: LayerMapping[] = [];
+      for await (const m of layer.mappings()) mappings.push(m);
+      expect(mappings.filter((m) => m.state !== ClusterState.Unallocated)).toEqual(
+        expected.map((e) => ({ offset: e.start, length: e.length, state: e.data ? ClusterState.Data : ClusterState.Zero, hostOffset: e.data ? e.offset : 0 })),
+      );
+      const hostBytes = Buffer.alloc(64 * KiB);
+      const firstData = mappings.find((m) => m.state === ClusterState.Data)!;
+      await layer.readHost(firstData.hostOffset, hostBytes.length, hostBytes);
+      expect(hostBytes.every((b) => b === 0x22)).toBe(true);
       const bytes = Buffer.alloc(192 * KiB);
       await layer.read(128 * KiB, bytes.length, bytes);
       expect(bytes.every((b) => b === 0x22)).toBe(true);

@@ -1,8 +1,7 @@
 /**
  * Reads ONE layer of a QCOW2 v2/v3 image, without following its backing file: which guest clusters this
- * layer holds as data, as zero clusters, or leaves to the backing chain, and the guest bytes it holds.
- * Enough to audit an overlay or to check a layer's own bytes; to read the guest view of a whole chain,
- * export the top image with `qemu-nbd -f qcow2` and read it with NbdClient.
+ * layer holds as data (and where in the file), as zero clusters, or leaves to the backing chain, and the
+ * guest bytes it holds. Qcow2Chain (chain.ts) stacks layers into the guest view of a whole chain.
  */
 import { open, type FileHandle } from 'node:fs/promises';
 import { AppError, ErrorCode } from '../lib/errors.ts';
@@ -17,9 +16,19 @@ export interface LayerExtent {
   state: ClusterState;
 }
 
+/** A LayerExtent with, for data, the file offset of its first byte; data extents are contiguous in the file. */
+export interface LayerMapping extends LayerExtent {
+  /** 0 unless state is data. */
+  hostOffset: number;
+}
+
 const COMPRESSED_BIT_HIGH = 0x40000000; // bit 62
-/** Incompatible features we cannot read: dirty (0) is fine to read; corrupt 1, external data 2, extended L2 4. */
-const UNSUPPORTED_INCOMPATIBLE = (1 << 1) | (1 << 2) | (1 << 4);
+/**
+ * Incompatible feature bits a plain reader may ignore: dirty (0: only refcounts may be stale) and compression
+ * type (3: only matters for compressed clusters, which are refused anyway). Any other bit — corrupt (1),
+ * external data file (2), extended L2 entries (4) or one defined later — changes how clusters must be read.
+ */
+const READABLE_INCOMPATIBLE = (1n << 0n) | (1n << 3n);
 
 function corrupt(file: string, what: string): AppError {
   return new AppError(ErrorCode.Integrity, `${file}: ${what}`, { hint: 'run qemu-img check on the image; restore from another point if it is damaged' });
@@ -61,8 +70,9 @@ export class Qcow2Layer {
       const clusterSize = 2 ** clusterBits;
       if (clusterBitsOf(clusterSize) < 0) throw corrupt(path, `cluster_bits ${clusterBits} out of range`);
       if (head.readUInt32BE(32) !== 0) throw new AppError(ErrorCode.Unsupported, `${path}: encrypted qcow2`, { hint: 'decrypt with qemu-img convert first' });
-      if (version === 3 && Number(head.readBigUInt64BE(72) & BigInt(UNSUPPORTED_INCOMPATIBLE)) !== 0) {
-        throw new AppError(ErrorCode.Unsupported, `${path}: uses incompatible qcow2 features`, { hint: 'read it through qemu-nbd instead' });
+      const unreadableFeatures = version === 3 ? head.readBigUInt64BE(72) & ~READABLE_INCOMPATIBLE : 0n;
+      if (unreadableFeatures !== 0n) {
+        throw new AppError(ErrorCode.Unsupported, `${path}: uses incompatible qcow2 features 0x${unreadableFeatures.toString(16)}`, { hint: 'read it through qemu-nbd or qemu-img convert instead' });
       }
       const sizeBytes = Number(head.readBigUInt64BE(24));
       const l1Size = head.readUInt32BE(36);
@@ -99,11 +109,7 @@ export class Qcow2Layer {
   /** What this layer holds for each guest range, neighbours with the same state merged. */
   async *extents(): AsyncGenerator<LayerExtent> {
     let held: LayerExtent | undefined;
-    const clusters = Math.ceil(this.sizeBytes / this.clusterSize);
-    for (let cluster = 0; cluster < clusters; cluster++) {
-      const { state } = await this.lookup(cluster);
-      const offset = cluster * this.clusterSize;
-      const length = Math.min(this.clusterSize, this.sizeBytes - offset);
+    for await (const { offset, length, state } of this.mappings()) {
       if (held && held.state === state) held.length += length;
       else {
         if (held) yield held;
@@ -111,6 +117,58 @@ export class Qcow2Layer {
       }
     }
     if (held) yield held;
+  }
+
+  /**
+   * Where each guest range of this layer lives, in guest order and covering the whole image: one read per L2
+   * table, neighbours merged while state matches and (for data) the file offsets are contiguous too.
+   * Compressed clusters are Unsupported: their bytes are not a plain file range.
+   */
+  async *mappings(): AsyncGenerator<LayerMapping> {
+    const tableSpan = this.l2Entries * this.clusterSize;
+    let held: LayerMapping | undefined;
+    const add = (mapping: LayerMapping): LayerMapping | undefined => {
+      if (held && held.state === mapping.state && (mapping.state !== ClusterState.Data || held.hostOffset + held.length === mapping.hostOffset)) {
+        held.length += mapping.length;
+        return undefined;
+      }
+      const done = held;
+      held = mapping;
+      return done;
+    };
+    for (let l1Index = 0; l1Index * tableSpan < this.sizeBytes; l1Index++) {
+      const tableStart = l1Index * tableSpan;
+      const l2Offset = entryOffset(this.l1, l1Index * 8);
+      if (l2Offset === 0) {
+        const done = add({ offset: tableStart, length: Math.min(tableSpan, this.sizeBytes - tableStart), state: ClusterState.Unallocated, hostOffset: 0 });
+        if (done) yield done;
+        continue;
+      }
+      const table = await this.l2Table(l1Index, l2Offset);
+      const entries = Math.min(this.l2Entries, Math.ceil((this.sizeBytes - tableStart) / this.clusterSize));
+      for (let entry = 0; entry < entries; entry++) {
+        const offset = tableStart + entry * this.clusterSize;
+        const { state, hostOffset } = this.decode(table, entry, offset);
+        const done = add({ offset, length: Math.min(this.clusterSize, this.sizeBytes - offset), state, hostOffset });
+        if (done) yield done;
+      }
+    }
+    if (held) yield held;
+  }
+
+  /**
+   * Reads file bytes [hostOffset, hostOffset+length) into target, as mappings() located them. Bytes past the
+   * end of the file read as zeros, as qemu reads them.
+   */
+  async readHost(hostOffset: number, length: number, target: Buffer, targetStart = 0): Promise<void> {
+    for (let done = 0; done < length; ) {
+      const { bytesRead } = await this.file.read(target, targetStart + done, length - done, hostOffset + done);
+      if (bytesRead === 0) {
+        target.fill(0, targetStart + done, targetStart + length);
+        return;
+      }
+      done += bytesRead;
+    }
   }
 
   /**
@@ -144,21 +202,30 @@ export class Qcow2Layer {
     const l1Index = Math.floor(cluster / this.l2Entries);
     const l2Offset = entryOffset(this.l1, l1Index * 8);
     if (l2Offset === 0) return { state: ClusterState.Unallocated, hostOffset: 0 };
+    const table = await this.l2Table(l1Index, l2Offset);
+    return this.decode(table, cluster % this.l2Entries, cluster * this.clusterSize);
+  }
+
+  private async l2Table(l1Index: number, l2Offset: number): Promise<Buffer> {
     if (this.cachedL2?.index !== l1Index) {
       const table = Buffer.alloc(this.clusterSize);
       const { bytesRead } = await this.file.read(table, 0, table.length, l2Offset);
       if (bytesRead !== table.length) throw corrupt(this.path, `L2 table at ${l2Offset} lies beyond the end of the file`);
       this.cachedL2 = { index: l1Index, table };
     }
-    const at = (cluster % this.l2Entries) * 8;
-    const table = this.cachedL2.table;
+    return this.cachedL2.table;
+  }
+
+  private decode(table: Buffer, entry: number, guestOffset: number): { state: ClusterState; hostOffset: number } {
+    const at = entry * 8;
     if (table.readUInt32BE(at) & COMPRESSED_BIT_HIGH) {
-      throw new AppError(ErrorCode.Unsupported, `${this.path}: compressed cluster at guest offset ${cluster * this.clusterSize}`, { hint: 'read it through qemu-nbd' });
+      throw new AppError(ErrorCode.Unsupported, `${this.path}: compressed cluster at guest offset ${guestOffset}`, { hint: 'read it through qemu-nbd or qemu-img convert' });
     }
     const hostOffset = entryOffset(table, at);
     const zero = (table.readUInt32BE(at + 4) & L2_ZERO_FLAG) !== 0;
     if (zero) return { state: ClusterState.Zero, hostOffset: 0 };
     if (hostOffset === 0) return { state: ClusterState.Unallocated, hostOffset: 0 };
+    if (hostOffset % this.clusterSize !== 0) throw corrupt(this.path, `data cluster for guest offset ${guestOffset} at unaligned file offset ${hostOffset}`);
     return { state: ClusterState.Data, hostOffset };
   }
 }
