@@ -7,12 +7,22 @@ import { type V3Task, type V4Task, v3TaskSchema, v4Envelope, v4TaskSchema } from
 export interface TaskWaitOptions {
   /** Give up after this long; the task keeps running on Prism. */
   timeoutMs: number;
-  /** First poll delay; doubles up to maxPollMs. */
+  /** Delay before the second poll (the first is immediate); doubles up to maxPollMs. */
   pollMs: number;
   maxPollMs: number;
 }
 
-export const defaultTaskWait: TaskWaitOptions = { timeoutMs: 30 * 60_000, pollMs: 250, maxPollMs: 3_000 };
+/**
+ * Adaptive polling: each wait is the time already waited plus pollMs (until the cap), so a task is seen at most
+ * its own duration + 20 ms late: one that finishes in 30 ms (the simulator, a small volume-group change) costs
+ * ~60 ms, and a 2-minute task on a real Prism Central costs about 30 GETs, the delay being capped at 5 s.
+ */
+export const defaultTaskWait: TaskWaitOptions = { timeoutMs: 30 * 60_000, pollMs: 20, maxPollMs: 5_000 };
+
+/** The waits between polls: pollMs, doubling up to maxPollMs. Also used for other "wait until ready" loops. */
+export function* pollDelays(options: Pick<TaskWaitOptions, 'pollMs' | 'maxPollMs'>): Generator<number, never> {
+  for (let delay = options.pollMs; ; delay = Math.min(options.maxPollMs, delay * 2)) yield delay;
+}
 
 /** The path form of an id as the v4 SDKs escape it: `ZXJnb24=:<uuid>` keeps its '=' and ':'. */
 export function pathSegment(id: string): string {
@@ -28,7 +38,7 @@ async function waitFor<T>(
   verdict: (task: T) => 'done' | 'running' | AppError,
 ): Promise<T> {
   const deadline = Date.now() + options.timeoutMs;
-  let delay = options.pollMs;
+  const delays = pollDelays(options);
   for (;;) {
     const task = await poll();
     const state = verdict(task);
@@ -42,11 +52,10 @@ async function waitFor<T>(
       });
     }
     try {
-      await sleep(Math.min(delay, left), undefined, signal ? { signal } : undefined);
+      await sleep(Math.min(delays.next().value, left), undefined, signal ? { signal } : undefined);
     } catch {
       throw abortError(signal, what);
     }
-    delay = Math.min(options.maxPollMs, delay * 2);
   }
 }
 

@@ -27,7 +27,7 @@ import {
   v3VmListSchema,
   v3VmSchema,
 } from './schemas.ts';
-import { type TaskWaitOptions, pathSegment, waitForV3Task } from './tasks.ts';
+import { type TaskWaitOptions, pathSegment, pollDelays, waitForV3Task } from './tasks.ts';
 import type {
   ChangedRegionsRequest,
   ClusterInfo,
@@ -289,7 +289,9 @@ export class V3Backend {
   /** The snapshot once COMPLETE: task success can precede the entity's state change by a moment. */
   private async waitForSnapshot(uuid: string, what: string, signal?: AbortSignal): Promise<V3Snapshot> {
     const deadline = Date.now() + this.taskWait.timeoutMs;
-    for (let delay = this.taskWait.pollMs; ; delay = Math.min(this.taskWait.maxPollMs, delay * 2)) {
+    const delays = pollDelays(this.taskWait);
+    for (;;) {
+      const delay = delays.next().value;
       const snapshot = await this.fetchSnapshot(uuid, signal);
       const state = snapshot?.status?.state;
       if (snapshot && (state === 'COMPLETE' || (state == null && snapshot.status?.snapshot_file_list))) return snapshot;
