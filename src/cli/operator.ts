@@ -84,7 +84,7 @@ export function registerOperatorCommand(program: Command): void {
     .command('operator')
     .description('run the Kubernetes operator (NutanixCluster, VMBackupPolicy, VMBackupRun controllers) in one namespace')
     .option('--namespace <ns>', 'namespace to watch (env WATCH_NAMESPACE, else POD_NAMESPACE)', process.env.WATCH_NAMESPACE)
-    .option('--kubeconfig <path>', 'kubeconfig file (default: in-cluster, then $KUBECONFIG, then ~/.kube/config)')
+    .option('--kubeconfig <path>', 'kubeconfig file (default: $KUBECONFIG, then in-cluster, then ~/.kube/config)')
     .option('--metrics-port <port>', 'port of /metrics (env SENDENSE_METRICS_PORT)', process.env.SENDENSE_METRICS_PORT ?? '8080')
     .option('--health-port <port>', 'port of /healthz and /readyz (env SENDENSE_HEALTH_PORT)', process.env.SENDENSE_HEALTH_PORT ?? '8081')
     .option('--bind-address <ip>', 'address the HTTP endpoints listen on', process.env.BIND_ADDRESS ?? '0.0.0.0')

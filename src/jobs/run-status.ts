@@ -3,10 +3,11 @@
  * touches `/status/disks/<i>/…`, guarded by a `test` of the disk's UUID, so concurrent disks never clobber each
  * other or the controller's fields. The kubeconfig is the in-cluster one (the mover ServiceAccount) or KUBECONFIG.
  */
-import { ApiException, CustomObjectsApi, KubeConfig, Observable, PatchStrategy, type ConfigurationOptions } from '@kubernetes/client-node';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { AppError, ErrorCode, isAppError } from '../lib/errors.ts';
 import type { Logger } from '../lib/log.ts';
+import { KubeApi, PatchType, kubeStatusOf } from '../operator/kube.ts';
+import { vmBackupRunType } from '../operator/resources.ts';
 import type { RunRef } from './contract.ts';
 
 export type JsonPatchOp = { op: 'add' | 'replace' | 'test'; path: string; value: unknown } | { op: 'remove'; path: string };
@@ -15,69 +16,37 @@ export interface RunStatusWriter {
   patchStatus(ops: JsonPatchOp[], signal: AbortSignal): Promise<void>;
 }
 
-function jsonPatchOptions(signal: AbortSignal): ConfigurationOptions {
-  return {
-    middleware: [
-      {
-        pre: (context) => {
-          context.setHeaderParam('Content-Type', PatchStrategy.JsonPatch);
-          context.setSignal(signal);
-          return new Observable(Promise.resolve(context));
-        },
-        post: (context) => new Observable(Promise.resolve(context)),
-      },
-    ],
-    middlewareMergeStrategy: 'append',
-  };
-}
-
-function statusError(err: unknown, run: RunRef): AppError {
-  if (isAppError(err)) return err;
+/** The mover's view of a failed patch: what its ServiceAccount lacks, or that the plan and the status disagree. */
+function statusError(err: unknown, run: RunRef): unknown {
   const where = `VMBackupRun ${run.namespace}/${run.name}`;
-  if (err instanceof ApiException) {
-    const code = err.code;
-    if (code === 401 || code === 403) {
-      return new AppError(ErrorCode.Forbidden, `patching the status of ${where} was refused (HTTP ${code})`, {
-        hint: 'the mover ServiceAccount needs get and patch on vmbackupruns/status in this namespace',
-      });
-    }
-    if (code === 404) return new AppError(ErrorCode.NotFound, `${where} does not exist`, { hint: 'the run was deleted; its Jobs go with it' });
-    if (code === 422) {
-      return new AppError(ErrorCode.Conflict, `${where}: status patch rejected: ${String(err.body).slice(0, 300)}`, {
-        hint: 'status.disks must list this disk at the request\'s statusIndex (the controller creates that list before the Jobs)',
-      });
-    }
-    return new AppError(ErrorCode.Unavailable, `patching the status of ${where} failed (HTTP ${code})`, { retryable: code === 409 || code === 429 || code >= 500, cause: err });
+  const code = kubeStatusOf(err);
+  if (code === 401 || code === 403) {
+    return new AppError(ErrorCode.Forbidden, `patching the status of ${where} was refused (HTTP ${code})`, {
+      cause: err,
+      hint: 'the mover ServiceAccount needs get and patch on vmbackupruns/status in this namespace',
+    });
   }
-  if (err instanceof Error && err.name === 'AbortError') return new AppError(ErrorCode.Aborted, `status patch of ${where}: aborted`, { cause: err });
-  return new AppError(ErrorCode.Unreachable, `the Kubernetes API is unreachable: ${err instanceof Error ? err.message : String(err)}`, {
-    retryable: true,
-    hint: 'check the in-cluster service account or KUBECONFIG',
-    cause: err,
-  });
+  if (code === 404) return new AppError(ErrorCode.NotFound, `${where} does not exist`, { cause: err, hint: 'the run was deleted; its Jobs go with it' });
+  if (code === 422) {
+    return new AppError(ErrorCode.Conflict, `${where}: status patch rejected: ${isAppError(err) ? err.message : String(err)}`, {
+      cause: err,
+      hint: "status.disks must list this disk at the request's statusIndex (the controller creates that list before the Jobs)",
+    });
+  }
+  return err;
 }
 
-/** Patches the run's status through the Kubernetes API (in-cluster config, or KUBECONFIG when set). */
-export function kubeRunStatusWriter(run: RunRef, config: KubeConfig = defaultKubeConfig()): RunStatusWriter {
-  const api = config.makeApiClient(CustomObjectsApi);
+/** Patches the run's status through the Kubernetes API (KUBECONFIG when set, else the in-cluster ServiceAccount). */
+export function kubeRunStatusWriter(run: RunRef, api: KubeApi = KubeApi.fromKubeconfig()): RunStatusWriter {
   return {
     async patchStatus(ops, signal) {
       try {
-        await api.patchNamespacedCustomObjectStatus(
-          { group: 'backup.sendense.io', version: 'v1alpha1', namespace: run.namespace, plural: 'vmbackupruns', name: run.name, body: ops },
-          jsonPatchOptions(signal),
-        );
+        await api.patch(vmBackupRunType, run.namespace, run.name, ops, { patchType: PatchType.Json, subresource: 'status', signal });
       } catch (err) {
         throw statusError(err, run);
       }
     },
   };
-}
-
-function defaultKubeConfig(): KubeConfig {
-  const config = new KubeConfig();
-  config.loadFromDefault();
-  return config;
 }
 
 /** A patch that must land (final figures): retried with backoff while the failure is transient. */

@@ -1,11 +1,14 @@
 /**
- * A small Kubernetes API client on top of @kubernetes/client-node: its KubeConfig authenticates and its fetch
- * library sends, while we choose the exact path, content type and body. That keeps status patches honest (the
- * generated clients default PATCH to JSON patch, operator-anchors §3) and maps every failure to an AppError.
+ * A small Kubernetes API client on node:https: we choose the exact path, content type and body, which keeps status
+ * patches honest (generated clients default PATCH to JSON patch, operator-anchors §3), and every failure maps to
+ * an AppError. It replaced @kubernetes/client-node in product code because importing that library alone cost
+ * about 80 MiB of resident memory, more than a third of the operator's budget (issue 5).
  */
-import { HttpMethod, IsomorphicFetchHttpLibrary, KubeConfig, RequestContext, Watch } from '@kubernetes/client-node';
+import { request as httpRequest, Agent as HttpAgent, type IncomingMessage } from 'node:http';
+import { request as httpsRequest, Agent as HttpsAgent } from 'node:https';
 import { z } from 'zod';
 import { AppError, ErrorCode, abortError } from '../lib/errors.ts';
+import { loadKubeConnection, type KubeConnection } from './kubeconfig.ts';
 
 /** Where one kind lives in the API. */
 export interface ResourceType {
@@ -63,6 +66,8 @@ export interface KubeRequest {
   query?: Record<string, string | number | boolean | undefined>;
   body?: unknown;
   contentType?: PatchType | 'application/json';
+  /** Default application/json; e.g. `application/json;as=Table;g=meta.k8s.io;v=v1` for kubectl's table. */
+  accept?: string;
   signal: AbortSignal;
 }
 
@@ -83,57 +88,69 @@ export function kubeStatusOf(err: unknown): number | undefined {
   return err instanceof AppError && err.cause instanceof KubeStatusError ? err.cause.status : undefined;
 }
 
+const watchEvent = z.object({ type: z.string(), object: z.unknown() });
+
+/** TLS failures that mean "not the server the configured CA vouches for" rather than "unreachable". */
+const untrustedTlsCodes = new Set([
+  'UNABLE_TO_VERIFY_LEAF_SIGNATURE',
+  'UNABLE_TO_GET_ISSUER_CERT_LOCALLY',
+  'SELF_SIGNED_CERT_IN_CHAIN',
+  'DEPTH_ZERO_SELF_SIGNED_CERT',
+  'CERT_HAS_EXPIRED',
+  'CERT_SIGNATURE_FAILURE',
+  'ERR_TLS_CERT_ALTNAME_INVALID',
+]);
+
 export class KubeApi {
-  readonly config: KubeConfig;
-  private readonly http = new IsomorphicFetchHttpLibrary();
+  readonly connection: KubeConnection;
+  readonly #agent: HttpAgent;
+  readonly #tls: boolean;
 
-  constructor(config: KubeConfig) {
-    this.config = config;
+  constructor(connection: KubeConnection) {
+    this.connection = connection;
+    this.#tls = connection.server.startsWith('https:');
+    // One keep-alive pool: requests reuse connections instead of paying a TLS handshake each (a watch holds one).
+    const pool = { keepAlive: true, maxFreeSockets: 8 };
+    this.#agent = this.#tls
+      ? new HttpsAgent({
+          ...pool,
+          rejectUnauthorized: !connection.insecureSkipTlsVerify,
+          ...(connection.ca ? { ca: connection.ca } : {}),
+          ...(connection.cert && connection.key ? { cert: connection.cert, key: connection.key } : {}),
+          ...(connection.tlsServerName ? { servername: connection.tlsServerName } : {}),
+        })
+      : new HttpAgent(pool);
   }
 
-  /** From a kubeconfig file, or in-cluster / $KUBECONFIG / ~/.kube/config when none is given. */
+  /** From a kubeconfig file, else $KUBECONFIG, in-cluster, ~/.kube/config (see loadKubeConnection). */
   static fromKubeconfig(path?: string): KubeApi {
-    const config = new KubeConfig();
-    if (path) config.loadFromFile(path);
-    else config.loadFromDefault();
-    return new KubeApi(config);
+    return new KubeApi(loadKubeConnection(path ? { kubeconfig: path } : {}));
   }
 
-  private server(): string {
-    const cluster = this.config.getCurrentCluster();
-    if (!cluster) throw new AppError(ErrorCode.InvalidInput, 'the kubeconfig has no current cluster', { hint: 'set current-context in the kubeconfig or pass --kubeconfig' });
-    return cluster.server;
+  /** Closes the idle keep-alive connections; requests and watches in flight end with their own signals. */
+  close(): void {
+    this.#agent.destroy();
   }
 
   /** Sends one request; resolves to the parsed JSON body (undefined when empty). */
   async request(req: KubeRequest): Promise<unknown> {
-    const url = new URL(this.server() + req.path);
-    for (const [key, value] of Object.entries(req.query ?? {})) if (value !== undefined) url.searchParams.set(key, String(value));
-    const ctx = new RequestContext(url.toString(), HttpMethod[req.method]);
-    if (req.body !== undefined) {
-      ctx.setHeaderParam('Content-Type', req.contentType ?? 'application/json');
-      ctx.setBody(JSON.stringify(req.body));
-    }
-    ctx.setHeaderParam('Accept', 'application/json');
-    ctx.setSignal(req.signal);
-    await this.config.applySecurityAuthentication(ctx);
     const what = `${req.method} ${req.path}`;
     let status: number;
     let text: string;
     try {
-      const response = await this.http.send(ctx).toPromise();
-      status = response.httpStatusCode;
-      text = await response.body.text();
+      const response = await this.#open(req, what);
+      status = response.statusCode ?? 0;
+      text = await readBody(response);
     } catch (err) {
-      if (req.signal.aborted) throw abortError(req.signal, what);
-      throw new AppError(ErrorCode.Unreachable, `${what}: cannot reach the Kubernetes API (${err instanceof Error ? err.message : String(err)})`, {
-        retryable: true,
-        cause: err,
-        hint: 'check that the kube-apiserver is up and reachable from the operator',
-      });
+      throw this.#transportError(err, what, req.signal);
     }
-    if (status >= 200 && status < 300) return text === '' ? undefined : (JSON.parse(text) as unknown);
-    throw statusError(what, status, text);
+    if (status < 200 || status >= 300) throw statusError(what, status, text);
+    if (text === '') return undefined;
+    try {
+      return JSON.parse(text) as unknown;
+    } catch (err) {
+      throw new AppError(ErrorCode.BadResponse, `${what}: the API server answered HTTP ${status} with a body that is not JSON`, { cause: err, retryable: true });
+    }
   }
 
   async get(type: ResourceType, namespace: string, name: string, signal: AbortSignal): Promise<unknown> {
@@ -189,50 +206,114 @@ export class KubeApi {
   }
 
   /**
-   * Streams watch events from `resourceVersion` until the server closes, the watch fails or `signal` aborts.
-   * Resolves when the stream ends cleanly; rejects with an AppError (410 Gone carries status 410).
+   * Streams watch events (newline-delimited JSON, bookmarks included) from `resourceVersion` until the server
+   * closes, the watch fails or `signal` aborts. Resolves when the stream ends cleanly (the server's timeout);
+   * rejects with an AppError: an HTTP failure or an in-stream ERROR event (410 Gone carries status 410).
    */
   async watch(type: ResourceType, namespace: string, resourceVersion: string, onEvent: (type: string, object: unknown) => void, signal: AbortSignal): Promise<void> {
     const path = resourcePath(type, namespace);
     const what = `WATCH ${path}`;
     if (signal.aborted) throw abortError(signal, what);
-    await new Promise<void>((resolve, reject) => {
-      let controller: AbortController | undefined;
-      let finished = false;
-      const onAbort = (): void => controller?.abort();
-      signal.addEventListener('abort', onAbort, { once: true });
-      const finish = (err: unknown): void => {
-        if (finished) return;
-        finished = true;
-        signal.removeEventListener('abort', onAbort);
-        if (signal.aborted) return reject(abortError(signal, what));
-        if (err === null || err === undefined) return resolve();
-        if (err instanceof AppError) return reject(err);
-        const status = typeof err === 'object' && 'statusCode' in err && typeof err.statusCode === 'number' ? err.statusCode : undefined;
-        if (status !== undefined) return reject(statusError(what, status, ''));
-        // The client's own inactivity timeout (30 s) is a normal reconnect, not a failure.
-        if (err instanceof Error && err.name === 'TimeoutError') return resolve();
-        reject(new AppError(ErrorCode.Unreachable, `${what}: ${err instanceof Error ? err.message : String(err)}`, { retryable: true, cause: err }));
-      };
-      const onWatchEvent = (eventType: string, object: unknown): void => {
-        if (eventType === 'ERROR') {
-          const parsed = statusSchema.safeParse(object);
-          const code = parsed.success ? (parsed.data.code ?? 500) : 500;
+    // Spread over 5-10 min like client-go's reflector, so informers do not all reconnect at the same moment.
+    const timeoutSeconds = 300 + Math.floor(Math.random() * 300);
+    const query = { watch: true, resourceVersion: resourceVersion || undefined, allowWatchBookmarks: true, timeoutSeconds };
+    try {
+      const response = await this.#open({ method: 'GET', path, query, signal }, what);
+      const status = response.statusCode ?? 0;
+      if (status < 200 || status >= 300) throw statusError(what, status, await readBody(response));
+      await forEachLine(response, (line) => {
+        const event = parseWatchEvent(what, line);
+        if (event.type === 'ERROR') {
           // In-stream failure, typically 410 Gone (resourceVersion compacted): same classification as an HTTP status.
-          finish(statusError(what, code, JSON.stringify({ message: parsed.success ? (parsed.data.message ?? '') : '' })));
-          controller?.abort();
-          return;
+          const parsed = statusSchema.safeParse(event.object);
+          throw statusError(what, parsed.success ? (parsed.data.code ?? 500) : 500, JSON.stringify(event.object));
         }
-        onEvent(eventType, object);
-      };
-      new Watch(this.config)
-        .watch(path, { resourceVersion, allowWatchBookmarks: true, timeoutSeconds: 300 }, onWatchEvent, finish)
-        .then((c) => {
-          controller = c;
-          if (signal.aborted || finished) c.abort();
-        }, finish);
+        onEvent(event.type, event.object);
+      });
+    } catch (err) {
+      throw this.#transportError(err, what, signal);
+    }
+  }
+
+  /** Sends the request; resolves with the response once its status and headers arrived. */
+  #open(req: KubeRequest, what: string): Promise<IncomingMessage> {
+    const url = new URL(this.connection.server + req.path);
+    for (const [key, value] of Object.entries(req.query ?? {})) if (value !== undefined) url.searchParams.set(key, String(value));
+    const headers: Record<string, string> = { Accept: req.accept ?? 'application/json' };
+    const authorization = this.connection.authorization();
+    if (authorization !== undefined) headers.Authorization = authorization;
+    let body: Buffer | undefined;
+    if (req.body !== undefined) {
+      body = Buffer.from(JSON.stringify(req.body));
+      headers['Content-Type'] = req.contentType ?? 'application/json';
+      headers['Content-Length'] = String(body.length);
+    }
+    const send = this.#tls ? httpsRequest : httpRequest;
+    return new Promise((resolve, reject) => {
+      const request = send(url, { method: req.method, headers, agent: this.#agent, signal: req.signal }, resolve);
+      request.once('error', (err) => reject(this.#transportError(err, what, req.signal)));
+      request.end(body);
     });
   }
+
+  #transportError(err: unknown, what: string, signal: AbortSignal): AppError {
+    if (signal.aborted) return abortError(signal, what);
+    if (err instanceof AppError) return err;
+    const code = typeof err === 'object' && err !== null && 'code' in err && typeof err.code === 'string' ? err.code : undefined;
+    const detail = err instanceof Error ? err.message : String(err);
+    if (code !== undefined && untrustedTlsCodes.has(code)) {
+      return new AppError(ErrorCode.TlsUntrusted, `${what}: the API server's certificate is not trusted (${detail})`, {
+        cause: err,
+        hint: `set certificate-authority(-data) in ${this.connection.source} to the CA that signed ${this.connection.server}'s certificate`,
+      });
+    }
+    return new AppError(ErrorCode.Unreachable, `${what}: cannot reach the Kubernetes API at ${this.connection.server} (${detail})`, {
+      retryable: true,
+      cause: err,
+      hint: 'check that the kube-apiserver is up and reachable from the operator',
+    });
+  }
+}
+
+async function readBody(response: IncomingMessage): Promise<string> {
+  const chunks: Buffer[] = [];
+  for await (const chunk of response) chunks.push(chunk as Buffer);
+  return Buffer.concat(chunks).toString('utf8');
+}
+
+/**
+ * Calls `onLine` for every non-empty line of a byte stream as it arrives (a line may span chunks, a chunk may hold
+ * many lines); a last line without its newline counts too. Resolves at the stream's end; rejects when it breaks
+ * or `onLine` throws (the stream is destroyed then).
+ */
+export async function forEachLine(stream: AsyncIterable<Buffer>, onLine: (line: string) => void): Promise<void> {
+  let pending: Buffer[] = [];
+  const flush = (): void => {
+    const line = Buffer.concat(pending).toString('utf8');
+    pending = [];
+    if (line.trim() !== '') onLine(line);
+  };
+  for await (const chunk of stream) {
+    let start = 0;
+    for (let newline = chunk.indexOf(10); newline !== -1; newline = chunk.indexOf(10, start)) {
+      pending.push(chunk.subarray(start, newline));
+      flush();
+      start = newline + 1;
+    }
+    if (start < chunk.length) pending.push(chunk.subarray(start));
+  }
+  if (pending.length > 0) flush();
+}
+
+function parseWatchEvent(what: string, line: string): z.infer<typeof watchEvent> {
+  let parsed: z.ZodSafeParseResult<z.infer<typeof watchEvent>>;
+  try {
+    parsed = watchEvent.safeParse(JSON.parse(line));
+  } catch (err) {
+    throw new AppError(ErrorCode.BadResponse, `${what}: a watch event is not JSON: ${line.slice(0, 200)}`, { cause: err, retryable: true });
+  }
+  if (!parsed.success) throw new AppError(ErrorCode.BadResponse, `${what}: a watch event lacks type or object: ${line.slice(0, 200)}`, { retryable: true });
+  return parsed.data;
 }
 
 function statusError(what: string, status: number, text: string): AppError {

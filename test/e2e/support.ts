@@ -17,7 +17,6 @@ import { promisify } from 'node:util';
 import { expect } from 'vitest';
 import { z } from 'zod';
 import { vmBackupRun, type VMBackupRun } from '../../src/crds/vm-backup-run.ts';
-import { HttpMethod, IsomorphicFetchHttpLibrary, RequestContext } from '@kubernetes/client-node';
 import { KubeApi, resourcePath } from '../../src/operator/kube.ts';
 import { jobType, nutanixClusterType, persistentVolumeClaimType, secretType, vmBackupRunType } from '../../src/operator/resources.ts';
 import { installChart } from '../packaging/chart.ts';
@@ -193,18 +192,8 @@ export async function startE2e(options: E2eOptions = {}): Promise<E2e> {
 }
 
 /** GET with the Table Accept header: the server evaluates the CRD's printer columns exactly as `kubectl get` shows them. */
-async function tableOf(api: KubeApi, namespace: string, name: string): Promise<unknown> {
-  const cluster = api.config.getCurrentCluster();
-  if (!cluster) throw new Error('no current cluster');
-  const url = `${cluster.server}${resourcePath(vmBackupRunType, namespace, name)}`;
-  const ctx = new RequestContext(url, HttpMethod.GET);
-  ctx.setHeaderParam('Accept', 'application/json;as=Table;g=meta.k8s.io;v=v1');
-  ctx.setSignal(signal());
-  await api.config.applySecurityAuthentication(ctx);
-  const response = await new IsomorphicFetchHttpLibrary().send(ctx).toPromise();
-  const text = await response.body.text();
-  if (response.httpStatusCode !== 200) throw new Error(`Table GET ${url}: HTTP ${response.httpStatusCode} ${text.slice(0, 300)}`);
-  return JSON.parse(text) as unknown;
+function tableOf(api: KubeApi, namespace: string, name: string): Promise<unknown> {
+  return api.request({ method: 'GET', path: resourcePath(vmBackupRunType, namespace, name), accept: 'application/json;as=Table;g=meta.k8s.io;v=v1', signal: signal() });
 }
 
 /** Spec of a run made by hand (kubectl create style) with clusterRef + repository. */

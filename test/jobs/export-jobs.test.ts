@@ -20,6 +20,7 @@ import { vmBackupRun } from '../../src/crds/vm-backup-run.ts';
 import { recoveryPointName } from '../../src/engine/cleanup.ts';
 import { CommitJobResultSchema, DiskJobResultSchema, TerminationMessageSchema, type DiskRequestInput } from '../../src/jobs/contract.ts';
 import { diskStatusPatch, kubeRunStatusWriter } from '../../src/jobs/run-status.ts';
+import { KubeApi } from '../../src/operator/kube.ts';
 import { buildCleanupJob, buildCommitJob, buildDiskJob, diskJobName, moverServiceAccount, type JobEnvironment } from '../../src/jobs/job-spec.ts';
 import { createLogger } from '../../src/lib/log.ts';
 import { createPrismClient } from '../../src/prism/client.ts';
@@ -313,9 +314,10 @@ describe('export Jobs (mover disk / commit / cleanup) on the real apiserver with
 
   it("the mover's status patch is refused for a disk at the wrong index, and the mover's account cannot patch specs", async () => {
     const owner = await createRun('guarded-run');
+    const moverKubeconfig = await testbed.kubeconfigFor(moverServiceAccount, namespace);
     const moverConfig = new KubeConfig();
-    moverConfig.loadFromFile(await testbed.kubeconfigFor(moverServiceAccount, namespace));
-    const writer = kubeRunStatusWriter({ namespace, name: owner.name }, moverConfig);
+    moverConfig.loadFromFile(moverKubeconfig);
+    const writer = kubeRunStatusWriter({ namespace, name: owner.name }, KubeApi.fromKubeconfig(moverKubeconfig));
     const signal = AbortSignal.timeout(30_000);
     const [disk0, disk1] = vm.disks;
     await expect(writer.patchStatus(diskStatusPatch(0, disk1?.uuid ?? '', { progressPercent: 50 }), signal)).rejects.toMatchObject({ code: 'CONFLICT' });
