@@ -15,7 +15,7 @@ import * as repository from '../repository/index.ts';
 import { judgeObtained, planConsistency, type ConsistencyMode } from './consistency.ts';
 import { backupDisk, type DiskPhaseTimings, type DiskProgressEvent } from './disk.ts';
 export type { DiskProgressEvent } from './disk.ts';
-import { deleteAttemptRecoveryPoints, recoveryPointName, releaseLeftover, sweepStaleRecoveryPoints } from './cleanup.ts';
+import { deleteAttemptRecoveryPoints, exportTagOf, recoveryPointName, releaseLeftover, sweepStaleRecoveryPoints } from './cleanup.ts';
 import { msSince, timed } from './timing.ts';
 
 export const BackupMode = { Auto: 'auto', Full: 'full', Incremental: 'incremental' } as const;
@@ -90,6 +90,8 @@ export async function backupVm(prism: PrismClient, request: BackupRequest): Prom
 
   const staged = await repository.beginPoint(vmRef, { parentPointId: base?.previous.pointId ?? null, signal, logger: log });
   let recoveryPoint: RecoveryPoint | undefined;
+  // Exports are released in the background from the end of each disk's copy, beside the commit.
+  const releases: Promise<ReleaseOutcome>[] = [];
   try {
     const older = (await repository.listVmPoints(vmRef)).slice(0, -1);
     const stale = await sweepStaleRecoveryPoints(prism, vm.uuid, older.map((p) => ({ pointId: p.pointId, recoveryPointId: p.manifest.recoveryPoint.id })), signal);
@@ -117,7 +119,7 @@ export async function backupVm(prism: PrismClient, request: BackupRequest): Prom
     log.info({ vm: vm.name, recoveryPoint: recoveryPoint.id, consistency: obtained.obtained, reason: obtained.downgradeReason }, 'recovery point created');
 
     const rp = recoveryPoint;
-    const outcomes = await copyDisks(prism, request, vm, rp, base, staged, log);
+    const outcomes = await copyDisks(prism, request, vm, rp, base, staged, releases, log);
     const overlays = outcomes.filter((o) => o.overlay).length;
     const fallbacks = outcomes.flatMap((o, i) => (o.fullReason ? [`disk ${vm.disks[i]?.index}: ${o.fullReason}`] : []));
     failpoint(Failpoint.BeforeCommit);
@@ -139,11 +141,27 @@ export async function backupVm(prism: PrismClient, request: BackupRequest): Prom
       signal,
     }));
     log.info({ vm: vm.name, point: point.pointId, type: point.manifest.type }, 'restore point committed');
-    const { value: deletedBaseRecoveryPoints, ms: baseDeleteMs } = await timed(() => deleteOldBases(prism, previous, rp.id, log, signal));
+    // Only now, with the new point durable, may the old base go; the exports' releases finish meanwhile.
+    const [{ value: deletedBaseRecoveryPoints, ms: baseDeleteMs }, released] = await Promise.all([
+      timed(() => deleteOldBases(prism, previous, rp.id, log, signal)),
+      Promise.all(releases),
+    ]);
+    for (const outcome of released) {
+      if ('error' in outcome) {
+        log.warn(
+          { vm: vm.name, disk: outcome.diskIndex, exportTag: exportTagOf(staged.pointId), err: errorText(outcome.error) },
+          'restore point committed, but the export was not released: delete the volume groups named sendense-export-<exportTag>-* in Prism',
+        );
+      }
+    }
+    const teardownMs = new Map(released.flatMap((r) => ('ms' in r ? [[r.diskIndex, r.ms] as const] : [])));
     const timings: BackupTimings = {
       prepareMs,
       recoveryPointMs,
-      disks: outcomes.map((o, i) => ({ index: vm.disks[i]?.index ?? i, ...o.timings })),
+      disks: outcomes.map((o, i) => {
+        const index = vm.disks[i]?.index ?? i;
+        return { index, ...o.timings, exportTeardownMs: teardownMs.get(index) ?? o.timings.exportTeardownMs };
+      }),
       commitMs,
       baseDeleteMs,
       totalMs: msSince(start),
@@ -151,9 +169,20 @@ export async function backupVm(prism: PrismClient, request: BackupRequest): Prom
     log.info({ vm: vm.name, point: point.pointId, timings }, 'backup phases');
     return { point, deletedBaseRecoveryPoints, timings };
   } catch (err) {
+    // An export still being released holds the recovery point's disk: let it go first.
+    for (const outcome of await Promise.all(releases)) {
+      if ('error' in outcome) log.warn({ vm: vm.name, disk: outcome.diskIndex, err: errorText(outcome.error) }, 'export not released');
+    }
     await abortAttempt(prism, vm, staged, recoveryPoint, log);
     throw err;
   }
+}
+
+/** How the background release of one disk's export ended. */
+type ReleaseOutcome = { diskIndex: number; ms: number } | { diskIndex: number; error: unknown };
+
+function errorText(err: unknown): string {
+  return err instanceof Error ? err.message : String(err);
 }
 
 /** Incremental needs the previous point's recovery point to still exist on Nutanix. */
@@ -183,6 +212,7 @@ async function copyDisks(
   rp: RecoveryPoint,
   base: Base | undefined,
   staged: repository.StagedPoint,
+  releases: Promise<ReleaseOutcome>[],
   log: Logger,
 ): Promise<DiskOutcome[]> {
   // One disk failing stops the others: their partial images are worthless once the point cannot commit.
@@ -190,7 +220,7 @@ async function copyDisks(
   const signal = request.signal ? AbortSignal.any([request.signal, stop.signal]) : stop.signal;
   return mapBounded(vm.disks, request.parallelDisks ?? 2, async (disk) => {
     try {
-      return await copyOneDisk(prism, request, disk, rp, base, staged, log, signal);
+      return await copyOneDisk(prism, request, disk, rp, base, staged, releases, log, signal);
     } catch (err) {
       stop.abort(err);
       throw err;
@@ -205,6 +235,7 @@ async function copyOneDisk(
   rp: RecoveryPoint,
   base: Base | undefined,
   staged: repository.StagedPoint,
+  releases: Promise<ReleaseOutcome>[],
   log: Logger,
   signal: AbortSignal,
 ): Promise<DiskOutcome> {
@@ -217,6 +248,9 @@ async function copyOneDisk(
     ...(base && !previousDisk ? { noBaseReason: 'new disk' } : {}),
     target: (overlay) => staged.copyTarget(disk.index, disk.sizeBytes, { overlay, signal }),
     initiatorName: request.initiatorName,
+    // Names the export after the attempt, so the next backup releases it if this process dies meanwhile.
+    exportTag: exportTagOf(staged.pointId),
+    deferRelease: true,
     ...(request.tier ? { tier: request.tier } : {}),
     ...(request.tuning ? { tuning: request.tuning } : {}),
     ...(request.changedRegionBlockSize ? { changedRegionBlockSize: request.changedRegionBlockSize } : {}),
@@ -224,6 +258,9 @@ async function copyOneDisk(
     log,
     ...(request.onProgress ? { onProgress: request.onProgress } : {}),
   });
+  if (result.released) {
+    releases.push(result.released.then((ms) => ({ diskIndex: disk.index, ms }), (error: unknown) => ({ diskIndex: disk.index, error })));
+  }
   const { ms: recordMs } = await timed(() => staged.writeDisk({
     index: disk.index,
     uuid: disk.uuid,

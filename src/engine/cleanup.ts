@@ -12,6 +12,11 @@ export function recoveryPointName(pointId: string): string {
   return `${namePrefix}${pointId}`;
 }
 
+/** The export tag of an attempt's volume groups (v4 names them `sendense-export-<tag>-…`): its point id, lower case. */
+export function exportTagOf(pointId: string): string {
+  return pointId.toLowerCase();
+}
+
 /** Deletes the recovery point(s) of one attempt: the known id and any other carrying the attempt's name. */
 export async function deleteAttemptRecoveryPoints(
   prism: PrismClient,
@@ -28,8 +33,12 @@ export async function deleteAttemptRecoveryPoints(
   return [...ids];
 }
 
-/** Cleanup callback for a dead attempt's staging folder: its journaled and its named recovery points. */
+/**
+ * Cleanup callback for a dead attempt's staging folder: its export volume groups (they hold the recovery point's
+ * disks), then its journaled and its named recovery points.
+ */
 export async function releaseLeftover(prism: PrismClient, vmUuid: string, leftover: Leftover, signal?: AbortSignal): Promise<void> {
+  await prism.releaseExportVolumeGroups(exportTagOf(leftover.pointId), signal);
   const journaled = leftover.journal?.resources.filter((r) => r.kind === 'recovery-point').map((r) => r.id) ?? [];
   for (const id of journaled) await prism.deleteRecoveryPoint(id, signal);
   await deleteAttemptRecoveryPoints(prism, vmUuid, leftover.pointId, undefined, signal);

@@ -3,15 +3,15 @@
  * disk recovery point, serve it with qemu-nbd and copy the plan into a QCOW2 image. Shared by the CLI backup
  * (all disks in one process) and the operator's per-disk export Jobs.
  */
-import { performance } from 'node:perf_hooks';
 import { AppError, ErrorCode, isAppError } from '../lib/errors.ts';
 import type { Logger } from '../lib/log.ts';
 import { copyDisk } from '../mover/copy-disk.ts';
 import { tuningFor, type StorageTier } from '../mover/tiers.ts';
 import { RegionType, type BlockChecksum, type DiskCopyProgress, type DiskCopyStats, type Region } from '../mover/types.ts';
 import type { ChangedRegionsRequest, DiskRecoveryPoint, PrismClient, RecoveryPoint, VmDisk } from '../prism/types.ts';
+import type { QemuNbdServer } from '../nbd/qemu-nbd.ts';
 import { serveDiskExport } from './disk-source.ts';
-import { msSince, timed } from './timing.ts';
+import { timed } from './timing.ts';
 
 export interface DiskProgressEvent extends DiskCopyProgress {
   diskIndex: number;
@@ -40,6 +40,12 @@ export interface DiskBackupRequest {
   signal: AbortSignal;
   log: Logger;
   onProgress?: (event: DiskProgressEvent) => void;
+  /**
+   * Return right after the copy and release the export in the background (qemu-nbd stopped; v4: volume group
+   * detached and deleted): the result's `released` settles when that is done, and the caller must await it (e.g.
+   * while it commits). Otherwise backupDisk returns once the export is released.
+   */
+  deferRelease?: boolean;
 }
 
 /** Milliseconds spent in each step of one disk (the steps may overlap: planning runs beside the export set-up). */
@@ -63,7 +69,10 @@ export interface DiskBackupResult {
   checksums: BlockChecksum[];
   /** The plan's ZEROED ranges, recorded (not transferred) so verify can check they read as zeros. */
   zeroRanges: { offset: number; length: number }[];
+  /** With deferRelease, exportTeardownMs is 0 here and comes from `released`. */
   timings: DiskPhaseTimings;
+  /** With deferRelease: the teardown's duration (ms) once the export is released; rejects if it could not be. */
+  released?: Promise<number>;
 }
 
 function diskRecoveryPointOf(rp: RecoveryPoint, diskUuid: string): DiskRecoveryPoint {
@@ -112,26 +121,79 @@ async function planDisk(request: DiskBackupRequest, diskRp: DiskRecoveryPoint): 
   }
 }
 
+/** The export of one disk recovery point, served by qemu-nbd. */
+interface OpenSource {
+  server: QemuNbdServer;
+  /** Stops qemu-nbd, then releases the export (v4: detach, delete the volume group). */
+  close(): Promise<void>;
+}
+
+async function openSource(request: DiskBackupRequest, diskRp: DiskRecoveryPoint, signal: AbortSignal): Promise<OpenSource> {
+  const { prism, recoveryPoint, initiatorName, exportTag } = request;
+  const diskExport = await prism.exportDisk({ recoveryPoint, disk: diskRp, initiatorName, ...(exportTag ? { exportTag } : {}), signal });
+  let server: QemuNbdServer;
+  try {
+    server = await serveDiskExport(diskExport, initiatorName, signal);
+  } catch (err) {
+    await diskExport.release();
+    throw err;
+  }
+  return {
+    server,
+    close: async () => {
+      try {
+        await server.stop();
+      } finally {
+        await diskExport.release();
+      }
+    },
+  };
+}
+
+/**
+ * Runs the plan and the export set-up at once (v4: the CRT queries beside three Prism tasks and the iSCSI login):
+ * neither needs the other. On the first failure the other is stopped, both settle, an export already open is
+ * released, and that first failure is thrown.
+ */
+async function planAndOpen(request: DiskBackupRequest, diskRp: DiskRecoveryPoint) {
+  const stop = new AbortController();
+  const signal = AbortSignal.any([request.signal, stop.signal]);
+  let firstFailure: { error: unknown } | undefined;
+  const stopOnFailure = <T>(work: Promise<T>): Promise<T> =>
+    work.catch((error: unknown) => {
+      firstFailure ??= { error };
+      stop.abort(error);
+      throw error;
+    });
+  const [planned, opened] = await Promise.allSettled([
+    stopOnFailure(
+      (async () => {
+        const plan = await timed(() => planDisk({ ...request, signal }, diskRp));
+        const target = await timed(() => request.target(plan.value.overlay));
+        return { plan: plan.value, planMs: plan.ms, target: target.value, targetMs: target.ms };
+      })(),
+    ),
+    stopOnFailure(timed(() => openSource(request, diskRp, signal))),
+  ]);
+  if (planned.status === 'fulfilled' && opened.status === 'fulfilled') return { ...planned.value, source: opened.value.value, exportSetupMs: opened.value.ms };
+  if (opened.status === 'fulfilled') await opened.value.value.close();
+  throw firstFailure?.error;
+}
+
 export async function backupDisk(request: DiskBackupRequest): Promise<DiskBackupResult> {
-  const { prism, recoveryPoint, disk, signal, log } = request;
+  const { disk, signal, log } = request;
   const report = (phase: DiskProgressEvent['phase'], progress: DiskCopyProgress) => request.onProgress?.({ diskIndex: disk.index, phase, ...progress });
   report('planning', { doneBytes: 0, totalBytes: 0, transferredBytes: 0 });
-  const diskRp = diskRecoveryPointOf(recoveryPoint, disk.uuid);
-  const { value: plan, ms: planMs } = await timed(() => planDisk(request, diskRp));
-  const { value: target, ms: targetMs } = await timed(() => request.target(plan.overlay));
+  const diskRp = diskRecoveryPointOf(request.recoveryPoint, disk.uuid);
   const tuning = tuningFor(request.tier, request.tuning ?? {});
+  const { plan, planMs, target, targetMs, source, exportSetupMs } = await planAndOpen(request, diskRp);
+  const { server } = source;
 
-  let phaseStart = performance.now();
-  const diskExport = await prism.exportDisk({ recoveryPoint, disk: diskRp, initiatorName: request.initiatorName, ...(request.exportTag ? { exportTag: request.exportTag } : {}), signal });
   let copied: Awaited<ReturnType<typeof copyDisk>>;
-  let exportSetupMs = 0;
-  let copyMs = 0;
+  let copyMs: number;
   try {
-    const server = await serveDiskExport(diskExport, request.initiatorName, signal);
-    exportSetupMs = msSince(phaseStart);
-    phaseStart = performance.now();
-    try {
-      copied = await copyDisk({
+    ({ value: copied, ms: copyMs } = await timed(() =>
+      copyDisk({
         source: { socketPath: server.socketPath },
         exportName: server.exportName,
         regions: plan.regions,
@@ -141,32 +203,28 @@ export async function backupDisk(request: DiskBackupRequest): Promise<DiskBackup
         inFlight: tuning.inFlight,
         signal,
         onProgress: (progress) => report('copying', progress),
-      });
-      copyMs = msSince(phaseStart);
-      phaseStart = performance.now();
-    } catch (err) {
-      // A dead qemu-nbd explains a broken copy better than the socket error does.
-      const detail = server.stderr().trim();
-      if (detail && isAppError(err) && err.code === ErrorCode.DataPath) {
-        throw new AppError(err.code, `${err.message}; qemu-nbd: ${detail}`, { cause: err, ...(err.hint ? { hint: err.hint } : {}) });
-      }
-      throw err;
-    } finally {
-      await server.stop();
+      }),
+    ));
+  } catch (err) {
+    // A dead qemu-nbd explains a broken copy better than the socket error does.
+    const detail = server.stderr().trim();
+    await source.close();
+    if (detail && isAppError(err) && err.code === ErrorCode.DataPath) {
+      throw new AppError(err.code, `${err.message}; qemu-nbd: ${detail}`, { cause: err, ...(err.hint ? { hint: err.hint } : {}) });
     }
-  } finally {
-    await diskExport.release();
+    throw err;
   }
-  const exportTeardownMs = msSince(phaseStart);
+  const teardown = timed(() => source.close()).then(({ ms }) => ms);
   const { stats, checksums } = copied;
   report('done', { doneBytes: stats.changedBytes, totalBytes: stats.changedBytes, transferredBytes: stats.transferredBytes });
   log.info({ disk: disk.index, overlay: plan.overlay, fullReason: plan.fullReason, stats }, 'disk copied');
-  return {
+  const result = {
     overlay: plan.overlay,
     ...(plan.fullReason ? { fullReason: plan.fullReason } : {}),
     stats,
     checksums,
     zeroRanges: plan.regions.filter((r) => r.type === RegionType.Zeroed).map(({ offset, length }) => ({ offset, length })),
-    timings: { planMs, exportSetupMs, targetMs, copyMs, exportTeardownMs },
   };
+  if (request.deferRelease) return { ...result, timings: { planMs, exportSetupMs, targetMs, copyMs, exportTeardownMs: 0 }, released: teardown };
+  return { ...result, timings: { planMs, exportSetupMs, targetMs, copyMs, exportTeardownMs: await teardown } };
 }

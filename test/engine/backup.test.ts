@@ -73,6 +73,9 @@ for (const api of ['v4', 'v3'] as const) {
       expect(disk0?.stats.transferredBytes).toBe(changedBytes - zeroWritten);
       expect(disk0?.stats.transferredBytes).toBeLessThanOrEqual(1.1 * changedBytes);
       expect(disk1?.stats.transferredBytes).toBe(0);
+      // Every disk reports its phases, the export teardown too although it ran beside the commit.
+      expect(incremental.timings.disks.map((d) => d.index)).toEqual([0, 1]);
+      for (const phases of incremental.timings.disks) expect(phases.exportTeardownMs).toBeGreaterThan(0);
       for (const disk of [0, 1]) await compareWithSim(sim, repo, vm, disk, work);
 
       await sim.admin.write(vm, 1, 10, 8);
