@@ -170,6 +170,35 @@ describe('copyDisk into QCOW2 with real qemu-nbd and qemu-img', () => {
     await expectIdentical(path.join(dir, 'chain1.raw'), images[1]!);
   });
 
+  it('incremental of scattered 64 KiB blocks, a third of them zeroed: zero clusters share the data writes, exact overlay', async () => {
+    const base = await snapshot('scatter0.raw');
+    const baseImage = path.join(dir, 'scatter0.qcow2');
+    // The live disk has changed since layout.runs (earlier tests): read all of it for this base.
+    const whole: Region[] = [{ offset: 0, length: SIZE, type: RegionType.Regular }];
+    await copyDisk({ source: { socketPath: base.server.socketPath }, regions: whole, sizeBytes: SIZE, target: { path: baseImage } });
+    await expectIdentical(base.file, baseImage);
+    const changed = await changeSampleDisk(raw, SIZE, { seed: 'scatter', fraction: 0.1, zeroShare: 0.33 });
+    const snap = await snapshot('scatter1.raw');
+    const overlay = path.join(dir, 'scatter1.qcow2');
+    const { stats, image } = await copyDisk({
+      source: { socketPath: snap.server.socketPath },
+      regions: changed,
+      sizeBytes: SIZE,
+      target: { path: overlay, backing: { relativePath: path.basename(baseImage), sizeBytes: SIZE } },
+      requestSize: MiB, // 16 blocks per buffer, with zeroed blocks in between
+      inFlight: 2,
+    });
+    await expectCheckClean(overlay);
+    await expectIdentical(snap.file, overlay);
+    const zeroed = changed.filter((r) => r.type === RegionType.Zeroed).reduce((n, r) => n + r.length, 0);
+    const data = changed.filter((r) => r.type === RegionType.Regular).reduce((n, r) => n + r.length, 0);
+    expect(zeroed).toBeGreaterThan(0);
+    expect(stats.transferredBytes).toBe(data);
+    expect(stats.zeroBytes).toBe(zeroed);
+    expect(image.zeroClusters * 65536).toBe(zeroed);
+    expect(await topLayer(overlay)).toEqual({ data, zero: zeroed });
+  });
+
   it('qemu-nbd killed mid-copy: DataPath error and no image left behind', async () => {
     const snap = await snapshot('doomed.raw');
     const target = path.join(dir, 'doomed.qcow2');

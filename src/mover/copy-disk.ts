@@ -9,7 +9,7 @@
 import { z } from 'zod';
 import { AppError, ErrorCode, abortError, isAppError } from '../lib/errors.ts';
 import { NbdClient, type ByteRange, type NbdEndpoint } from '../nbd/client.ts';
-import { DEFAULT_CLUSTER_SIZE, Qcow2Writer, alignedBuffers, type Qcow2WriteSummary } from '../qcow2/writer.ts';
+import { DEFAULT_CLUSTER_SIZE, Qcow2Writer, alignedBuffers, type GuestRun, type Qcow2WriteSummary } from '../qcow2/writer.ts';
 import { createBlockHasher } from './checksum.ts';
 import { CopyActionKind, planCopy, type CopyAction, type PlanTotals } from './plan.ts';
 import { tierTuning } from './tiers.ts';
@@ -53,8 +53,9 @@ const NumbersSchema = z.object({
 });
 
 /**
- * Work in guest order: a zero action, or a batch of data actions packed back to back into one buffer, all
- * read at once (small incremental regions share a buffer, so many are in flight and one pwrite covers them).
+ * Work in guest order: data actions packed back to back into one buffer, all read at once, plus the zero
+ * actions between them (small incremental regions share a buffer, so many are in flight, and one pwritev
+ * covers them whatever zeroed regions lie in between).
  */
 interface Slot {
   actions: CopyAction[];
@@ -127,22 +128,27 @@ export async function copyDisk(options: CopyDiskOptions): Promise<DiskCopyResult
     const activeWriter = writer;
     const hash = await createBlockHasher();
 
-    const writeRuns = async (runs: Array<{ guestOffset: number; data: Buffer }>) => {
-      for (const { guestOffset, data } of runs) {
+    /** Checksums the data runs, then hands every run of the slot to the writer in one call. */
+    const writeRuns = async (runs: GuestRun[]) => {
+      let bytes = 0;
+      for (const run of runs) {
+        if (!('data' in run)) continue;
+        const { guestOffset, data } = run;
         for (let at = 0; at < data.length; at += CHECKSUM_RUN_BYTES) {
           const piece = data.subarray(at, Math.min(data.length, at + CHECKSUM_RUN_BYTES));
           checksums.push({ offset: guestOffset + at, length: piece.length, hash: hash(piece) });
         }
+        bytes += data.length;
       }
       await activeWriter.writeRuns(runs);
-      transferredBytes += runs.reduce((n, r) => n + r.data.length, 0);
+      transferredBytes += bytes;
     };
 
     /** Writes in progress, oldest first; each frees its buffer when done. */
     const writing: Array<Promise<void>> = [];
 
     /**
-     * Completes the oldest slot's reads and starts its writes. The writer places clusters when a write is
+     * Completes the oldest slot's reads and starts its write. The writer places clusters when a write is
      * called, so calls are issued synchronously in guest order while up to WRITE_DEPTH writes run at once.
      */
     const drain = async () => {
@@ -150,16 +156,11 @@ export async function copyDisk(options: CopyDiskOptions): Promise<DiskCopyResult
       if (!slot) return;
       const holes = (await Promise.all(slot.reads)).flat();
       const { buffer } = slot;
-      const writes: Array<Promise<void>> = [];
-      let runs: Array<{ guestOffset: number; data: Buffer }> = [];
-      const flushRuns = () => {
-        if (runs.length > 0) writes.push(writeRuns(runs));
-        runs = [];
-      };
+      const runs: GuestRun[] = [];
       let at = 0;
       for (const action of slot.actions) {
         if (action.kind === CopyActionKind.Zero || !buffer) {
-          writes.push(activeWriter.writeZeroes(action.offset, action.length));
+          runs.push({ guestOffset: action.offset, zeroes: action.length });
           continue;
         }
         const data = buffer.subarray(at, at + action.length);
@@ -172,14 +173,10 @@ export async function copyDisk(options: CopyDiskOptions): Promise<DiskCopyResult
           }
           holeBytes += run.length;
           // A hole in an overlay must still hide the backing data; in a full image it stays unallocated.
-          if (backing) {
-            flushRuns();
-            writes.push(activeWriter.writeZeroes(run.offset, run.length));
-          }
+          if (backing) runs.push({ guestOffset: run.offset, zeroes: run.length });
         }
       }
-      flushRuns();
-      const done = Promise.all(writes).then(() => {
+      const done = (runs.length > 0 ? writeRuns(runs) : Promise.resolve()).then(() => {
         if (buffer) free.push(buffer);
       });
       done.catch(() => undefined); // observed below or at the end; avoid an unhandled rejection meanwhile
@@ -194,18 +191,23 @@ export async function copyDisk(options: CopyDiskOptions): Promise<DiskCopyResult
     for await (const action of planCopy(options.regions, { sizeBytes, clusterSize, maxDataBytes: requestSize, overlay: backing !== undefined }, totals)) {
       if (signal?.aborted) throw abortError(signal, 'copy disk');
       if (action.kind === CopyActionKind.Zero) {
-        filling = undefined;
-        slots.push({ actions: [action], buffer: undefined, used: 0, reads: [] });
+        // Zero clusters take no buffer space: they ride along with the data around them in the same write.
+        if (!filling) {
+          filling = { actions: [], buffer: undefined, used: 0, reads: [] };
+          slots.push(filling);
+        }
+        filling.actions.push(action);
         continue;
       }
-      if (!filling || filling.used + action.length > requestSize) {
+      if (!filling?.buffer || filling.used + action.length > requestSize) {
         filling = undefined;
         while (free.length === 0) await (slots.length > 0 ? drain() : writing.shift());
         filling = { actions: [], buffer: free.pop()!, used: 0, reads: [] };
         slots.push(filling);
       }
+      const target = filling.buffer!;
       // No per-read signal: the connection was opened with it, and an abort fails every read at once.
-      const read = client.read(action.offset, action.length, filling.buffer!, { targetStart: filling.used }).then((r) => r.holes);
+      const read = client.read(action.offset, action.length, target, { targetStart: filling.used }).then((r) => r.holes);
       read.catch(() => undefined); // observed by drain(); avoid an unhandled rejection meanwhile
       filling.actions.push(action);
       filling.reads.push(read);

@@ -261,6 +261,7 @@ class Connection {
   private structured = false;
   private readonly closeCallbacks: Array<() => void> = [];
   private closed = false;
+  private corked = false;
 
   // Handshake: bytes are copied out of the reused receive buffer and consumed by `take`.
   private handshakeChunks: Buffer[] = [];
@@ -672,8 +673,21 @@ class Connection {
     return this.socket;
   }
 
+  /**
+   * Requests issued in the same tick (a buffer's worth of small incremental reads) leave in one writev: the
+   * socket is corked at the first and uncorked on the next tick, instead of one system call per 28-byte header.
+   */
   private write(bytes: Buffer): void {
-    this.requireSocket().write(bytes);
+    const socket = this.requireSocket();
+    if (!this.corked) {
+      this.corked = true;
+      socket.cork();
+      process.nextTick(() => {
+        this.corked = false;
+        socket.uncork();
+      });
+    }
+    socket.write(bytes);
   }
 
   private async option(option: number, data: Buffer, exportName?: string): Promise<Array<{ type: number; data: Buffer }>> {

@@ -57,6 +57,9 @@ export function alignedBuffers(count: number, size: number): Buffer[] {
 
 const DIRECT_ALIGN = 4096;
 
+/** A guest range for writeRuns: bytes to store, or whole clusters that read as zeros. */
+export type GuestRun = { guestOffset: number; data: Buffer } | { guestOffset: number; zeroes: number };
+
 export interface Qcow2WriteSummary {
   fileBytes: number;
   dataClusters: number;
@@ -159,61 +162,61 @@ export class Qcow2Writer {
   }
 
   /**
-   * Appends several guest runs (ascending, same rules as writeData) to consecutive host clusters. Runs that
-   * lie back to back in memory, e.g. small regions packed into one read buffer, go out as one pwrite.
+   * Marks whole clusters as reading zeros (L2 flag), hiding any backing data; nothing is written to the file.
+   * Same ordering rules as writeData.
    */
-  async writeRuns(runs: ReadonlyArray<{ guestOffset: number; data: Buffer }>): Promise<void> {
+  async writeZeroes(guestOffset: number, length: number): Promise<void> {
+    await this.writeRuns([{ guestOffset, zeroes: length }]);
+  }
+
+  /**
+   * Several guest runs at once (ascending, same rules as writeData): the data runs go to consecutive host
+   * clusters with a single pwritev, zero runs only set L2 flags. An incremental's scattered small regions, with
+   * zeroed ones in between, therefore cost one system call per batch instead of one per region.
+   */
+  async writeRuns(runs: ReadonlyArray<GuestRun>): Promise<void> {
     let cursor = this.guestCursor;
     let clusters = 0;
-    for (const { guestOffset, data } of runs) {
-      this.checkRange(guestOffset, data.length, 'writeData', cursor);
-      cursor = guestOffset + data.length;
-      clusters += Math.ceil(data.length / this.clusterSize);
+    for (const run of runs) {
+      const length = runLength(run);
+      this.checkRange(run.guestOffset, length, 'data' in run ? 'writeData' : 'writeZeroes', cursor);
+      cursor = run.guestOffset + length;
+      if ('data' in run) clusters += Math.ceil(length / this.clusterSize);
     }
     // Map first (synchronously), so L2 tables flushed in between land after these runs, not inside them.
     const hostStart = this.nextFree;
     this.nextFree += clusters * this.clusterSize;
     const pendingL2Writes: Array<Promise<void>> = [];
-    const segments: Array<{ data: Buffer; host: number }> = [];
+    const buffers: Buffer[] = [];
     let host = hostStart;
-    for (const { guestOffset, data } of runs) {
-      for (let at = 0; at < data.length; at += this.clusterSize) {
-        const flushed = this.setL2(guestOffset + at, host + at, false);
+    for (const run of runs) {
+      const length = runLength(run);
+      for (let at = 0; at < length; at += this.clusterSize) {
+        const flushed = 'data' in run ? this.setL2(run.guestOffset + at, host + at, false) : this.setL2(run.guestOffset + at, 0, true);
         if (flushed) pendingL2Writes.push(flushed);
       }
-      const last = segments.at(-1);
-      if (last && last.data.buffer === data.buffer && last.data.byteOffset + last.data.length === data.byteOffset && last.host + last.data.length === host) {
-        last.data = Buffer.from(data.buffer, last.data.byteOffset, last.data.length + data.length);
-      } else {
-        segments.push({ data, host });
+      this.guestCursor = run.guestOffset + length;
+      const runClusters = Math.ceil(length / this.clusterSize);
+      if (!('data' in run)) {
+        this.zeroClusters += runClusters;
+        continue;
       }
-      host += Math.ceil(data.length / this.clusterSize) * this.clusterSize;
-      this.guestCursor = guestOffset + data.length;
-      this.bytesSinceSync += data.length;
+      // Runs back to back in memory (regions packed into one read buffer) become one iovec.
+      const last = buffers.at(-1);
+      if (last && last.buffer === run.data.buffer && last.byteOffset + last.length === run.data.byteOffset) {
+        buffers[buffers.length - 1] = Buffer.from(last.buffer, last.byteOffset, last.length + run.data.length);
+      } else {
+        buffers.push(run.data);
+      }
+      host += runClusters * this.clusterSize;
+      this.dataClusters += runClusters;
+      this.bytesSinceSync += length;
     }
-    this.dataClusters += clusters;
-    await Promise.all([...segments.map((segment) => this.writeDataClusters(segment.data, segment.host)), ...pendingL2Writes]);
+    await Promise.all([...(buffers.length > 0 ? [this.writeDataClusters(buffers, hostStart)] : []), ...pendingL2Writes]);
     if (this.syncEvery > 0 && this.bytesSinceSync >= this.syncEvery && !this.backgroundSync) {
       this.bytesSinceSync = 0;
       this.backgroundSync = this.file.datasync().finally(() => (this.backgroundSync = undefined));
     }
-  }
-
-  /**
-   * Marks whole clusters as reading zeros (L2 flag), hiding any backing data; nothing is written to the file.
-   * Same ordering rules as writeData.
-   */
-  async writeZeroes(guestOffset: number, length: number): Promise<void> {
-    this.checkRange(guestOffset, length, 'writeZeroes');
-    const clusters = Math.ceil(length / this.clusterSize);
-    const pendingL2Writes: Array<Promise<void>> = [];
-    for (let i = 0; i < clusters; i++) {
-      const flushed = this.setL2(guestOffset + i * this.clusterSize, 0, true);
-      if (flushed) pendingL2Writes.push(flushed);
-    }
-    this.guestCursor = guestOffset + length;
-    this.zeroClusters += clusters;
-    await Promise.all(pendingL2Writes);
   }
 
   /** Writes the last L2 table, the L1 and refcount tables and the header, then fsyncs and closes. */
@@ -372,58 +375,56 @@ export class Qcow2Writer {
     return Math.ceil(bytes / this.clusterSize) * this.clusterSize;
   }
 
-  private async writeDataClusters(data: Buffer, position: number): Promise<void> {
+  /** Host-contiguous data clusters: only the last buffer may end in a short cluster (the disk's tail). */
+  private async writeDataClusters(buffers: Buffer[], position: number): Promise<void> {
     const direct = this.directFile;
-    if (direct && data.length % DIRECT_ALIGN === 0 && position % DIRECT_ALIGN === 0) {
+    if (direct && position % DIRECT_ALIGN === 0 && buffers.every((b) => b.length % DIRECT_ALIGN === 0)) {
       try {
-        let done = 0;
-        while (done < data.length) {
-          const { bytesWritten } = await direct.write(data, done, data.length - done, position + done);
-          done += bytesWritten;
-        }
+        await writeAll(direct, buffers, position);
         return;
       } catch (err) {
-        // EINVAL: this buffer's address is not aligned for O_DIRECT; stop trying and use the page cache.
+        // EINVAL: a buffer's address is not aligned for O_DIRECT; stop trying and use the page cache.
         if ((err as { code?: string }).code !== 'EINVAL') throw ioError(err, 'write image', this.path);
         this.directFile = undefined;
         await direct.close().catch(() => undefined);
       }
     }
-    await this.writeAt(data, position);
+    await this.writevAt(buffers, position);
   }
 
-  private async writeAt(buffer: Buffer, position: number): Promise<void> {
-    try {
-      let done = 0;
-      while (done < buffer.length) {
-        const { bytesWritten } = await this.file.write(buffer, done, buffer.length - done, position + done);
-        done += bytesWritten;
-      }
-    } catch (err) {
-      throw ioError(err, 'write image', this.path);
-    }
+  private writeAt(buffer: Buffer, position: number): Promise<void> {
+    return this.writevAt([buffer], position);
   }
 
   private async writevAt(buffers: Buffer[], position: number): Promise<void> {
     try {
-      let remaining = buffers;
-      let at = position;
-      while (remaining.length > 0) {
-        const { bytesWritten } = await this.file.writev(remaining, at);
-        at += bytesWritten;
-        let skip = bytesWritten;
-        const rest: Buffer[] = [];
-        for (const b of remaining) {
-          if (skip >= b.length) skip -= b.length;
-          else {
-            rest.push(skip > 0 ? b.subarray(skip) : b);
-            skip = 0;
-          }
-        }
-        remaining = rest;
-      }
+      await writeAll(this.file, buffers, position);
     } catch (err) {
       throw ioError(err, 'write image', this.path);
     }
+  }
+}
+
+function runLength(run: GuestRun): number {
+  return 'data' in run ? run.data.length : run.zeroes;
+}
+
+/** pwritev until every byte is written (the kernel may write less than asked, e.g. near a quota). */
+async function writeAll(handle: FileHandle, buffers: Buffer[], position: number): Promise<void> {
+  let remaining = buffers;
+  let at = position;
+  while (remaining.length > 0) {
+    const { bytesWritten } = await handle.writev(remaining, at);
+    at += bytesWritten;
+    let skip = bytesWritten;
+    const rest: Buffer[] = [];
+    for (const b of remaining) {
+      if (skip >= b.length) skip -= b.length;
+      else {
+        rest.push(skip > 0 ? b.subarray(skip) : b);
+        skip = 0;
+      }
+    }
+    remaining = rest;
   }
 }
