@@ -8,7 +8,10 @@
  * alternate; every figure is the median of the runs. Prints a table and JSON.
  *
  *   node bench/datapath.ts [--mode both|full|incremental] [--size 4GiB] [--runs 3] [--change-percent 5]
- *                          [--zero-share 0.2] [--dir DIR] [--sweep]
+ *                          [--zero-share 0.2] [--dir DIR] [--sweep] [--baseline TREE]
+ *
+ * --baseline TREE adds our full and incremental as of an earlier commit, alternating with today's, e.g.
+ *   git archive <commit> src | tar -x -C /tmp/base && ln -s $PWD/node_modules /tmp/base/node_modules
  */
 import { copyFile, mkdtemp, rm } from 'node:fs/promises';
 import os from 'node:os';
@@ -32,6 +35,7 @@ const { values } = parseArgs({
     'zero-share': { type: 'string', default: '0.2' },
     dir: { type: 'string', default: os.tmpdir() },
     sweep: { type: 'boolean', default: false },
+    baseline: { type: 'string' },
   },
 });
 const args = z
@@ -43,11 +47,16 @@ const args = z
     'zero-share': z.coerce.number().min(0).max(1),
     dir: z.string(),
     sweep: z.boolean(),
+    baseline: z.string().optional(),
   })
   .parse(values);
 const sizeBytes = parseSize(args.size, '--size');
 const withFullPeers = args.mode !== 'incremental';
 const withIncremental = args.mode !== 'full';
+const CopyDiskModuleSchema = z.object({ copyDisk: z.function() });
+const baselineCopyDisk = args.baseline
+  ? (CopyDiskModuleSchema.parse(await import(path.resolve(args.baseline, 'src/mover/copy-disk.ts'))).copyDisk as typeof copyDisk)
+  : undefined;
 
 type Tuning = Pick<CopyDiskOptions, 'clusterSize' | 'requestSize' | 'inFlight' | 'syncEveryBytes' | 'direct'>;
 
@@ -89,14 +98,15 @@ try {
   const dataBytes = regions.filter((r) => r.type === RegionType.Regular).reduce((n, r) => n + r.length, 0);
   console.error(`data ${(dataBytes / GiB).toFixed(2)} GiB of ${(sizeBytes / GiB).toFixed(2)} GiB; ${os.cpus().length} cpus, ${os.cpus()[0]?.model}`);
 
-  const oursFull = (tuning: Tuning = {}) => async () => {
+  const oursFull = (tuning: Tuning = {}, copy = copyDisk) => async () => {
     await rm(out, { force: true });
-    return copyDisk({ source: { socketPath: server.socketPath }, regions, sizeBytes, target: { path: out }, ...tuning });
+    return copy({ source: { socketPath: server.socketPath }, regions, sizeBytes, target: { path: out }, ...tuning });
   };
   const contenders: Contender[] = [];
   const add = (name: string, bytes: number, incremental: boolean, run: () => Promise<unknown>) =>
     contenders.push({ name, dataBytes: bytes, incremental, run, seconds: [], cpuSeconds: [] });
   add('ours full (copyDisk → qcow2, fsync)', dataBytes, false, oursFull());
+  if (baselineCopyDisk) add('baseline full (copyDisk of --baseline)', dataBytes, false, oursFull({}, baselineCopyDisk));
   if (withFullPeers) {
     const ddFile = path.join(dir, 'dd.bin');
     add('qemu-img convert -W -m 2 (+sync)', dataBytes, false, () => qemuImgConvert(server.socketPath, out));
@@ -124,6 +134,7 @@ try {
   let changedBytes = 0;
   let changedDataBytes = 0;
   let transferredBytes = 0;
+  let oursIncrementalOnce: (() => Promise<void>) | undefined;
   if (withIncremental) {
     // The changed disk as a qcow2 overlay over the base holding exactly the changed blocks: the blocks are
     // written into a copy of the base, and a safe rebase from that copy onto the base keeps what differs.
@@ -138,12 +149,14 @@ try {
     const source = await startQemuNbd({ image: changedSource, format: 'qcow2', shared: 8 });
     servers.push(source);
     console.error(`changed ${(changedBytes / MiB).toFixed(1)} MiB in ${changed.length} regions (${(changedDataBytes / MiB).toFixed(1)} MiB data)`);
-    const oursIncremental = (tuning: Tuning = {}) => async () => {
+    const oursIncremental = (tuning: Tuning = {}, copy = copyDisk) => async () => {
       await rm(incr, { force: true });
-      const result = await copyDisk({ source: { socketPath: source.socketPath }, regions: changed, sizeBytes, target: { path: incr, backing: { relativePath: 'full.qcow2', sizeBytes } }, ...tuning });
+      const result = await copy({ source: { socketPath: source.socketPath }, regions: changed, sizeBytes, target: { path: incr, backing: { relativePath: 'full.qcow2', sizeBytes } }, ...tuning });
       transferredBytes = result.stats.transferredBytes;
     };
-    add(`ours incremental, ${args['change-percent']} % in 64 KiB blocks`, changedDataBytes, true, oursIncremental());
+    oursIncrementalOnce = oursIncremental();
+    add(`ours incremental, ${args['change-percent']} % in 64 KiB blocks`, changedDataBytes, true, oursIncrementalOnce);
+    if (baselineCopyDisk) add('baseline incremental (copyDisk of --baseline)', changedDataBytes, true, oursIncremental({}, baselineCopyDisk));
     add('qemu-img convert -W -m 2 -t none -B full (overlay file)', changedDataBytes, true, async () => {
       await rm(peerIncr, { force: true });
       await sh('qemu-img', ['convert', '-W', '-m', '2', '-t', 'none', '-f', 'qcow2', '-O', 'qcow2', '-B', 'full.qcow2', '-F', 'qcow2', changedSource, peerIncr]);
@@ -167,7 +180,8 @@ try {
   }
 
   if (withIncremental) {
-    // Our last incremental and the peer's both pass the check and equal the changed disk.
+    // Today's incremental (once more, whoever ran last) and the peer's pass the check and equal the changed disk.
+    await oursIncrementalOnce?.();
     for (const image of [incr, peerIncr]) {
       await sh('qemu-img', ['check', '-q', image]);
       await sh('qemu-img', ['compare', '-q', '-f', 'qcow2', '-F', 'qcow2', changedSource, image]);
