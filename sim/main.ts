@@ -13,6 +13,7 @@ import { adminCall, simInfoSchema, type SimInfo } from './admin-client.ts';
 import { adminRoutes } from './admin.ts';
 import { faultRulesSchema } from './faults.ts';
 import { Tgtd } from './iscsi.ts';
+import { parseTaskDurations } from './tasks.ts';
 import { adminUser, ApiMode, Sim, viewerUser } from './server.ts';
 import { generateInventory, liveDiskPath, loadState, saveState } from './state.ts';
 import { ensureTls } from './tls.ts';
@@ -85,7 +86,7 @@ async function serve(raw: unknown): Promise<void> {
       listenIp,
       port: Number(portText),
       sessionTtlMs: parseDuration(options.sessionTtl, '--session-ttl'),
-      taskDurationMs: parseDuration(options.taskDuration, '--task-duration'),
+      taskDurations: parseTaskDurations(options.taskDuration, parseDuration),
       crtPageRegions: options.crtPageRegions,
       iscsiAcl: options.iscsiAcl,
       password: secrets.password,
@@ -212,7 +213,7 @@ function main(argv: string[]): void {
     .option('--session-ttl <duration>', 'session cookie / JWT lifetime', '15m')
     .option('--clusters <n>', 'AOS clusters', '1')
     .option('--crt-page-regions <n>', 'max regions per changed-regions response', '1000')
-    .option('--task-duration <duration>', 'time each task stays RUNNING', '0ms')
+    .option('--task-duration <duration>', 'time each task stays RUNNING before its work: one duration, or Operation=duration pairs (default=…)', '0ms')
     .option('--faults <json>', 'initial fault rules (JSON array)')
     .option('--iscsi <on|off>', 'start tgtd for volume-group exports', 'on')
     .option('--iscsi-acl <initiator|any>', 'who may log in to an exported target', 'initiator')

@@ -10,7 +10,7 @@ import { setTimeout as sleep } from 'node:timers/promises';
 import { FaultSet } from './faults.ts';
 import type { Tgtd } from './iscsi.ts';
 import { pcVersion } from './state.ts';
-import { TaskEngine } from './tasks.ts';
+import { TaskEngine, type TaskDurations } from './tasks.ts';
 import type { World } from './world.ts';
 
 export const ApiMode = { V3: 'v3', V4: 'v4' } as const;
@@ -22,7 +22,7 @@ export interface SimConfig {
   listenIp: string;
   port: number;
   sessionTtlMs: number;
-  taskDurationMs: number;
+  taskDurations: TaskDurations;
   crtPageRegions: number;
   iscsiAcl: 'initiator' | 'any';
   password: string;
@@ -153,7 +153,7 @@ export class Sim {
   constructor(config: SimConfig, world: World) {
     this.config = config;
     this.world = world;
-    this.tasks = new TaskEngine(world.state, this.faults, config.taskDurationMs, () => world.changed());
+    this.tasks = new TaskEngine(world.state, this.faults, config.taskDurations, () => world.changed());
   }
 
   addRoutes(routes: Route[]): void {

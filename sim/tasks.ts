@@ -19,6 +19,35 @@ export interface TaskOutcome {
   entities?: Task['entities'];
 }
 
+/**
+ * How long a task stays RUNNING before its work runs (the work itself, e.g. a snapshot's hard links or tgtadm
+ * calls, takes what it takes on top): `defaultMs` for every operation not named in `byOperation`.
+ */
+export interface TaskDurations {
+  defaultMs: number;
+  byOperation: Record<string, number>;
+}
+
+/**
+ * `--task-duration`: one duration for every task (`0ms`, `2s`), or `Operation=duration` pairs with an optional
+ * `default=duration`, e.g. `default=500ms,CreateRecoveryPoint=3s,vm_snapshot_create=3s`.
+ */
+export function parseTaskDurations(text: string, parseDuration: (text: string, field: string) => number): TaskDurations {
+  const field = '--task-duration';
+  if (!text.includes('=')) return { defaultMs: parseDuration(text, field), byOperation: {} };
+  const durations: TaskDurations = { defaultMs: 0, byOperation: {} };
+  for (const pair of text.split(',')) {
+    const [operation, duration, extra] = pair.split('=').map((part) => part.trim());
+    if (!operation || duration === undefined || extra !== undefined) {
+      throw new Error(`${field}: "${pair}" is not Operation=duration (e.g. CreateRecoveryPoint=3s, default=500ms)`);
+    }
+    const ms = parseDuration(duration, `${field} ${operation}`);
+    if (operation === 'default') durations.defaultMs = ms;
+    else durations.byOperation[operation] = ms;
+  }
+  return durations;
+}
+
 export function isTerminal(status: TaskStatus): boolean {
   return status === TaskStatus.Succeeded || status === TaskStatus.Failed || status === TaskStatus.Canceled;
 }
@@ -34,13 +63,13 @@ export class TaskEngine {
   private readonly endHooks = new Map<string, (task: Task) => void>();
   private readonly state: SimState;
   private readonly faults: FaultSet;
-  private readonly durationMs: number;
+  private readonly durations: TaskDurations;
   private readonly changed: () => void;
 
-  constructor(state: SimState, faults: FaultSet, durationMs: number, changed: () => void) {
+  constructor(state: SimState, faults: FaultSet, durations: TaskDurations, changed: () => void) {
     this.state = state;
     this.faults = faults;
-    this.durationMs = durationMs;
+    this.durations = durations;
     this.changed = changed;
     this.events.setMaxListeners(0);
     // Work that was in flight when a previous simulator process stopped cannot resume.
@@ -119,7 +148,7 @@ export class TaskEngine {
   private async run(task: Task, work: (task: Task) => Promise<TaskOutcome>): Promise<void> {
     this.update(task, { status: TaskStatus.Running, startedAt: now(), progress: 10 });
     const fault = this.faults.taskFault(task.operation);
-    const proceed = await this.wait(task, fault?.kind === 'hang' ? undefined : this.durationMs);
+    const proceed = await this.wait(task, fault?.kind === 'hang' ? undefined : (this.durations.byOperation[task.operation] ?? this.durations.defaultMs));
     if (!proceed) {
       this.finish(task, TaskStatus.Canceled);
       return;
