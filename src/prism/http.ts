@@ -87,7 +87,8 @@ export class PrismHttp {
   private readonly basicAuth: string;
   private readonly log: Logger;
   private readonly retry: RetryPolicy;
-  private readonly requestTimeoutMs: number;
+  /** How long one request may take (a long poll must answer well within it). */
+  readonly requestTimeoutMs: number;
   private readonly limiter: RequestRateLimiter | undefined;
   private readonly agent: https.Agent;
   /** Session cookies by name, as set by Prism; sent instead of Basic auth once present. */

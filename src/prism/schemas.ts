@@ -155,6 +155,17 @@ export const v3TaskSchema = z.object({
 });
 export type V3Task = z.infer<typeof v3TaskSchema>;
 
+/** `POST tasks/poll`: waits up to poll_timeout_seconds (0-30) for the tasks to end. */
+export const v3TaskPollRequestSchema = z.object({
+  task_uuid_list: z.array(z.string()).min(1),
+  poll_timeout_seconds: z.number().int().min(0).max(30),
+});
+
+export const v3TaskPollResponseSchema = z.object({
+  entities: z.array(v3TaskSchema).nullish(),
+  has_poll_timed_out: z.boolean().nullish(),
+});
+
 export const v3IdempotenceIdentifiersSchema = z.object({
   client_identifier: z.string().nullish(),
   count: z.number().nullish(),

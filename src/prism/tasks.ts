@@ -2,7 +2,7 @@
 import { setTimeout as sleep } from 'node:timers/promises';
 import { AppError, ErrorCode, abortError } from '../lib/errors.ts';
 import type { PrismHttp } from './http.ts';
-import { type V3Task, type V4Task, v3TaskSchema, v4Envelope, v4TaskSchema } from './schemas.ts';
+import { type V3Task, type V4Task, v3TaskPollRequestSchema, v3TaskPollResponseSchema, v4Envelope, v4TaskSchema } from './schemas.ts';
 
 export interface TaskWaitOptions {
   /** Give up after this long; the task keeps running on Prism. */
@@ -29,18 +29,22 @@ export function pathSegment(id: string): string {
   return encodeURIComponent(id).replaceAll('%3D', '=').replaceAll('%3A', ':');
 }
 
+/**
+ * Polls until the task ends. `poll` gets the time left and says whether it waited itself (a long poll); between
+ * polls that did not wait, the adaptive schedule sleeps.
+ */
 async function waitFor<T>(
   what: string,
   taskId: string,
   options: TaskWaitOptions,
   signal: AbortSignal | undefined,
-  poll: () => Promise<T>,
+  poll: (leftMs: number) => Promise<{ task: T; waited: boolean }>,
   verdict: (task: T) => 'done' | 'running' | AppError,
 ): Promise<T> {
   const deadline = Date.now() + options.timeoutMs;
   const delays = pollDelays(options);
   for (;;) {
-    const task = await poll();
+    const { task, waited } = await poll(deadline - Date.now());
     const state = verdict(task);
     if (state === 'done') return task;
     if (state !== 'running') throw state;
@@ -51,6 +55,7 @@ async function waitFor<T>(
         hint: 'check the task in Prism; raise the task timeout if the cluster is busy',
       });
     }
+    if (waited) continue;
     try {
       await sleep(Math.min(delays.next().value, left), undefined, signal ? { signal } : undefined);
     } catch {
@@ -59,23 +64,38 @@ async function waitFor<T>(
   }
 }
 
+/** Longest v3 long poll (the API allows 30 s), kept well inside the request timeout. */
+function longPollSeconds(http: PrismHttp, leftMs: number): number {
+  return Math.max(0, Math.min(30, Math.floor((http.requestTimeoutMs / 2) / 1000), Math.floor(leftMs / 1000)));
+}
+
+/**
+ * v3 tasks are awaited with `POST tasks/poll`, which answers as soon as the task ends (or after up to 30 s): no
+ * latency after the task's end and one request per 30 s. With under a second left, it only looks (0 s), and the
+ * adaptive schedule sleeps between looks.
+ */
 export function waitForV3Task(http: PrismHttp, taskUuid: string, what: string, options: TaskWaitOptions, signal?: AbortSignal): Promise<V3Task> {
   return waitFor(
     what,
     taskUuid,
     options,
     signal,
-    async () =>
-      (
-        await http.request({
-          method: 'GET',
-          path: `/api/nutanix/v3/tasks/${pathSegment(taskUuid)}`,
-          schema: v3TaskSchema,
-          retrySafe: true,
-          signal,
-          what: `${what} (task ${taskUuid})`,
-        })
-      ).data,
+    async (leftMs) => {
+      const seconds = longPollSeconds(http, leftMs);
+      const res = await http.request({
+        method: 'POST',
+        path: '/api/nutanix/v3/tasks/poll',
+        body: v3TaskPollRequestSchema.parse({ task_uuid_list: [taskUuid], poll_timeout_seconds: seconds }),
+        schema: v3TaskPollResponseSchema,
+        // A read: it only waits.
+        retrySafe: true,
+        signal,
+        what: `${what} (task ${taskUuid})`,
+      });
+      const task = res.data.entities?.find((t) => t.uuid === taskUuid) ?? res.data.entities?.[0];
+      if (!task) throw new AppError(ErrorCode.BadResponse, `${what}: tasks/poll returned no entity for task ${taskUuid}`, { hint: 'report it with the Prism version' });
+      return { task, waited: seconds > 0 };
+    },
     (task) => {
       if (task.status === 'SUCCEEDED') return 'done';
       if (task.status === 'FAILED' || task.status === 'ABORTED') {
@@ -93,8 +113,9 @@ export function waitForV4Task(http: PrismHttp, taskExtId: string, what: string, 
     taskExtId,
     options,
     signal,
-    async () =>
-      (
+    // v4 has no long poll: the adaptive schedule it is.
+    async () => ({
+      task: (
         await http.request({
           method: 'GET',
           path: `/api/prism/v4.0/config/tasks/${pathSegment(taskExtId)}`,
@@ -104,6 +125,8 @@ export function waitForV4Task(http: PrismHttp, taskExtId: string, what: string, 
           what: `${what} (task ${taskExtId})`,
         })
       ).data.data,
+      waited: false,
+    }),
     (task) => {
       if (task.status === 'SUCCEEDED') return 'done';
       if (task.status === 'FAILED' || task.status === 'CANCELED') {

@@ -271,9 +271,11 @@ export class V4Backend {
       );
       mayBeAttached = true;
       await this.runTask('POST', `${vgPath}/$actions/attach-iscsi-client`, { iscsiInitiatorName: request.initiatorName }, `${what}: attach iSCSI client`, { signal });
-      const vg = await this.http.request({ method: 'GET', path: vgPath, schema: v4Envelope(v4VolumeGroupSchema), retrySafe: true, signal, what: `${what}: read volume group` });
+      const [vg, client] = await Promise.all([
+        this.http.request({ method: 'GET', path: vgPath, schema: v4Envelope(v4VolumeGroupSchema), retrySafe: true, signal, what: `${what}: read volume group` }),
+        this.findIscsiClient(request.initiatorName, what, signal),
+      ]);
       const name = vg.data.data.targetName ?? targetName;
-      const client = await this.findIscsiClient(request.initiatorName, what, signal);
       iscsiClientId = client?.extId ?? undefined;
       // The client's targets include this volume group's, named after its targetName.
       const iqn = client?.attachedTargets?.map((t) => t.iscsiTargetName).find((t): t is string => !!t && t.includes(name));
