@@ -119,7 +119,9 @@ export async function startQemuNbd(input: QemuNbdOptions, signal?: AbortSignal):
   void exited.then(() => signal?.removeEventListener('abort', onAbort));
 
   const deadline = Date.now() + options.startTimeoutMs;
-  for (;;) {
+  // Until the socket exists a probe fails at once: retry after 1 ms, doubling to 20 ms (exec takes a few ms;
+  // once the socket exists the probe itself waits for qemu-nbd's greeting).
+  for (let retryMs = 1; ; retryMs = Math.min(20, retryMs * 2)) {
     if (signal?.aborted) {
       await stop();
       throw abortError(signal, 'start qemu-nbd');
@@ -138,7 +140,7 @@ export async function startQemuNbd(input: QemuNbdOptions, signal?: AbortSignal):
         hint: 'a slow iSCSI login can delay qemu-nbd; raise startTimeoutMs',
       });
     }
-    await sleep(20);
+    await sleep(retryMs);
   }
 
   return {
