@@ -11,7 +11,6 @@ import { nutanixCluster, type NutanixCluster } from '../crds/nutanix-cluster.ts'
 import { vmBackupPolicy, type VMBackupPolicy } from '../crds/vm-backup-policy.ts';
 import { vmBackupRun, type VMBackupRun, type VMBackupRunStatus } from '../crds/vm-backup-run.ts';
 import { judgeObtained, planConsistency, type ConsistencyMode } from '../engine/consistency.ts';
-import { vmConfig } from '../engine/backup.ts';
 import { deleteAttemptRecoveryPoints, recoveryPointName } from '../engine/cleanup.ts';
 import { buildCleanupJob, buildCommitJob, buildDiskJob, diskJobName, jobLabels, jobName, type JobEnvironment, type OwnerRun } from '../jobs/job-spec.ts';
 import type { CommitRequestInput, DiskRequestInput } from '../jobs/contract.ts';
@@ -622,7 +621,9 @@ class RunReconciler {
       ...this.attempt(inputs, started),
       diskIndexes: (this.status.disks ?? []).map((d, i) => d.index ?? i),
       typeReason: this.status.backupTypeReason ?? '',
-      vmConfig: vmConfig(vm),
+      // A Vm carries exactly the manifest's VmConfig fields (buildCommitJob's schema parse keeps only those);
+      // engine/backup.ts's vmConfig would load the whole data path into the operator process (issue 5).
+      vmConfig: vm,
       consistency: {
         requested: inputs.consistency,
         obtained: this.status.consistency === 'application' ? Consistency.Application : Consistency.Crash,
