@@ -1,6 +1,7 @@
 /**
  * KubeApi against real servers: a node:https server with an openssl-issued certificate (client-certificate auth,
- * keep-alive, the watch stream cut at awkward places, in-stream errors, aborts) and the test bed's kube-apiserver.
+ * keep-alive, the watch stream cut at awkward places, in-stream errors, aborts) and the test bed's kube-apiserver
+ * (including an Informer on this client, for what it keeps of the objects).
  */
 import { randomBytes } from 'node:crypto';
 import { mkdtemp, readFile, rm, writeFile } from 'node:fs/promises';
@@ -14,6 +15,8 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { z } from 'zod';
 import { createTestbedPki, type TestbedPki } from '../../test/support/testbed-pki.ts';
 import { startTestbed, type Testbed } from '../../test/support/testbed.ts';
+import { createLogger } from '../lib/log.ts';
+import { Informer } from './informer.ts';
 import { forEachLine, KubeApi, kubeStatusOf, PatchType, type ResourceType } from './kube.ts';
 import { inClusterConnection, type KubeConnection } from './kubeconfig.ts';
 
@@ -258,5 +261,32 @@ describe('KubeApi against the real kube-apiserver', () => {
     expect(table.rows).toHaveLength(1);
     await api.delete(configMaps, namespace, name, seconds(10));
     expect(await api.getIfExists(configMaps, namespace, name, seconds(10))).toBeUndefined();
+  });
+
+  it('an informer on this client caches listed and watched objects without managedFields', async () => {
+    const name = (suffix: string) => `mf-${suffix}-${randomBytes(3).toString('hex')}`;
+    const [listed, watched] = [name('listed'), name('watched')];
+    const apply = (cm: string) =>
+      api.patch(configMaps, namespace, cm, { apiVersion: 'v1', kind: 'ConfigMap', metadata: { name: cm }, data: { k: 'v' } }, { patchType: PatchType.Apply, fieldManager: 'kube-test', signal: seconds(10) });
+    const withFields = z.looseObject({ metadata: z.looseObject({ managedFields: z.array(z.unknown()).min(1) }) });
+    expect(withFields.safeParse(await apply(listed)).success).toBe(true); // the API server does send them
+    const informer = new Informer(api, configMaps, namespace, createLogger({ level: 'silent' }));
+    informer.start();
+    try {
+      await informer.waitForSync();
+      let arrived!: () => void;
+      const watchedArrived = new Promise<void>((resolve) => (arrived = resolve));
+      informer.on((_event, object) => object.metadata.name === watched && arrived());
+      await apply(watched);
+      await watchedArrived;
+      for (const cm of [listed, watched]) {
+        const cached = informer.get(namespace, cm);
+        expect(cached?.metadata.name).toBe(cm);
+        expect(cached?.metadata).not.toHaveProperty('managedFields');
+      }
+    } finally {
+      await informer.stop();
+      await Promise.all([listed, watched].map((cm) => api.delete(configMaps, namespace, cm, seconds(10))));
+    }
   });
 });
