@@ -115,6 +115,24 @@ describe('KubeApi over HTTPS (a real node:https server)', () => {
     api.close();
   });
 
+  it('a request on a kept-alive connection the server dropped is sent again on a new one, except a create', async () => {
+    const api = new KubeApi(connection());
+    // The server drops each connection at its second request, as one closing an idle connection at that moment does.
+    const requestsOn = new WeakMap<object, number>();
+    handle = (req, res) => {
+      const n = (requestsOn.get(req.socket) ?? 0) + 1;
+      requestsOn.set(req.socket, n);
+      if (n === 2) req.socket.destroy();
+      else json(res, 200, { kind: 'ConfigMap', metadata: { name: 'x' } });
+    };
+    const before = connections;
+    await api.get(configMaps, 'ns', 'x', seconds(10));
+    await api.get(configMaps, 'ns', 'x', seconds(10));
+    expect(connections - before).toBe(2);
+    await expect(api.create(configMaps, 'ns', { metadata: { name: 'y' } }, seconds(10))).rejects.toMatchObject({ code: 'UNREACHABLE', retryable: true });
+    api.close();
+  });
+
   it('maps HTTP failures and an untrusted certificate to AppErrors', async () => {
     const api = new KubeApi(connection());
     handle = (_req, res) => json(res, 404, { kind: 'Status', message: 'configmaps "x" not found', reason: 'NotFound', code: 404 });

@@ -249,17 +249,28 @@ export class KubeApi {
       headers['Content-Length'] = String(body.length);
     }
     const send = this.#tls ? httpsRequest : httpRequest;
-    return new Promise((resolve, reject) => {
-      const request = send(url, { method: req.method, headers, agent: this.#agent, signal: req.signal }, resolve);
-      request.once('error', (err) => reject(this.#transportError(err, what, req.signal)));
-      request.end(body);
-    });
+    const attempt = (isRetry: boolean): Promise<IncomingMessage> =>
+      new Promise((resolve, reject) => {
+        const request = send(url, { method: req.method, headers, agent: this.#agent, signal: req.signal }, resolve);
+        request.once('error', (err) => {
+          // Node's documented keep-alive race: the server closed an idle connection just as a request went out on
+          // it, and the request fails before any answer. It is sent once more on a fresh connection, except a
+          // create (POST), which is not safe to repeat should the server have seen it after all.
+          if (!isRetry && request.reusedSocket && errorCode(err) === 'ECONNRESET' && req.method !== 'POST' && !req.signal.aborted) {
+            resolve(attempt(true));
+            return;
+          }
+          reject(this.#transportError(err, what, req.signal));
+        });
+        request.end(body);
+      });
+    return attempt(false);
   }
 
   #transportError(err: unknown, what: string, signal: AbortSignal): AppError {
     if (signal.aborted) return abortError(signal, what);
     if (err instanceof AppError) return err;
-    const code = typeof err === 'object' && err !== null && 'code' in err && typeof err.code === 'string' ? err.code : undefined;
+    const code = errorCode(err);
     const detail = err instanceof Error ? err.message : String(err);
     if (code !== undefined && untrustedTlsCodes.has(code)) {
       return new AppError(ErrorCode.TlsUntrusted, `${what}: the API server's certificate is not trusted (${detail})`, {
@@ -273,6 +284,10 @@ export class KubeApi {
       hint: 'check that the kube-apiserver is up and reachable from the operator',
     });
   }
+}
+
+function errorCode(err: unknown): string | undefined {
+  return typeof err === 'object' && err !== null && 'code' in err && typeof err.code === 'string' ? err.code : undefined;
 }
 
 async function readBody(response: IncomingMessage): Promise<string> {
