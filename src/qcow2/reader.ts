@@ -3,6 +3,7 @@
  * layer holds as data (and where in the file), as zero clusters, or leaves to the backing chain, and the
  * guest bytes it holds. Qcow2Chain (chain.ts) stacks layers into the guest view of a whole chain.
  */
+import { constants } from 'node:fs';
 import { open, type FileHandle } from 'node:fs/promises';
 import { AppError, ErrorCode } from '../lib/errors.ts';
 import { HeaderExtension, L2_ZERO_FLAG, QCOW2_MAGIC, clusterBitsOf, entryOffset } from './format.ts';
@@ -30,6 +31,20 @@ const COMPRESSED_BIT_HIGH = 0x40000000; // bit 62
  */
 const READABLE_INCOMPATIBLE = (1n << 0n) | (1n << 3n);
 
+const DIRECT_ALIGN = 4096;
+
+/** Reads [position, position+length) into target; past the end of the file reads zeros. */
+async function readFully(file: FileHandle, position: number, length: number, target: Buffer, targetStart: number): Promise<void> {
+  for (let done = 0; done < length; ) {
+    const { bytesRead } = await file.read(target, targetStart + done, length - done, position + done);
+    if (bytesRead === 0) {
+      target.fill(0, targetStart + done, targetStart + length);
+      return;
+    }
+    done += bytesRead;
+  }
+}
+
 function corrupt(file: string, what: string): AppError {
   return new AppError(ErrorCode.Integrity, `${file}: ${what}`, { hint: 'run qemu-img check on the image; restore from another point if it is damaged' });
 }
@@ -41,6 +56,10 @@ export class Qcow2Layer {
   readonly backingFile: string | undefined;
   readonly backingFormat: string | undefined;
   private readonly file: FileHandle;
+  /** Second handle with O_DIRECT for readHost (see open); undefined when not asked for or not usable. */
+  private direct: FileHandle | undefined;
+  private directRefused = false;
+  private directReadMinBytes = Infinity;
   private readonly l1: Buffer;
   private readonly l2Entries: number;
   private cachedL2: { index: number; table: Buffer } | undefined;
@@ -56,7 +75,12 @@ export class Qcow2Layer {
     this.l2Entries = fields.clusterSize / 8;
   }
 
-  static async open(path: string): Promise<Qcow2Layer> {
+  /**
+   * `directReadMinBytes`: readHost reads 4 KiB-aligned ranges at least this long into 4 KiB-aligned buffers with
+   * O_DIRECT, straight from the disk into the caller's buffer (no page-cache copy, one large request). Shorter
+   * reads take the page cache, whose readahead serves the many small, ascending reads of an overlay's file.
+   */
+  static async open(path: string, options: { directReadMinBytes?: number } = {}): Promise<Qcow2Layer> {
     const file = await open(path, 'r').catch((err: unknown) => {
       throw new AppError(ErrorCode.NotFound, `cannot open ${path}: ${(err as Error).message}`, { hint: 'check the image path', cause: err });
     });
@@ -99,7 +123,13 @@ export class Qcow2Layer {
       }
       const l1 = Buffer.alloc(l1Size * 8);
       await file.read(l1, 0, l1.length, l1Offset);
-      return new Qcow2Layer(path, file, { sizeBytes, clusterSize, backingFile, backingFormat, l1 });
+      const layer = new Qcow2Layer(path, file, { sizeBytes, clusterSize, backingFile, backingFormat, l1 });
+      // tmpfs and some network filesystems refuse O_DIRECT: then every read takes the page cache.
+      if (options.directReadMinBytes !== undefined) {
+        layer.directReadMinBytes = options.directReadMinBytes;
+        layer.direct = await open(path, constants.O_RDONLY | constants.O_DIRECT).catch(() => undefined);
+      }
+      return layer;
     } catch (err) {
       await file.close();
       throw err;
@@ -161,14 +191,18 @@ export class Qcow2Layer {
    * end of the file read as zeros, as qemu reads them.
    */
   async readHost(hostOffset: number, length: number, target: Buffer, targetStart = 0): Promise<void> {
-    for (let done = 0; done < length; ) {
-      const { bytesRead } = await this.file.read(target, targetStart + done, length - done, hostOffset + done);
-      if (bytesRead === 0) {
-        target.fill(0, targetStart + done, targetStart + length);
+    const direct = this.directRefused ? undefined : this.direct;
+    if (direct && length >= this.directReadMinBytes && hostOffset % DIRECT_ALIGN === 0 && length % DIRECT_ALIGN === 0 && (target.byteOffset + targetStart) % DIRECT_ALIGN === 0) {
+      try {
+        await readFully(direct, hostOffset, length, target, targetStart);
         return;
+      } catch (err) {
+        // EINVAL: the buffer's memory is not aligned after all (byteOffset is relative) or the device wants more.
+        if ((err as NodeJS.ErrnoException).code !== 'EINVAL') throw err;
+        this.directRefused = true;
       }
-      done += bytesRead;
     }
+    await readFully(this.file, hostOffset, length, target, targetStart);
   }
 
   /**
@@ -195,6 +229,7 @@ export class Qcow2Layer {
   }
 
   async close(): Promise<void> {
+    await this.direct?.close();
     await this.file.close();
   }
 

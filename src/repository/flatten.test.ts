@@ -53,8 +53,16 @@ describe('flattenImage: a chain resolved once, copied in long runs', () => {
       { clusterSize: 4096, writes: [{ offset: MiB, length: 300 * KiB }, { offset: 3 * MiB + 512, length: 5000, pattern: 0x21 }, { offset: 20 * MiB, length: 4 * MiB + 1536 }] },
       { writes: [{ offset: MiB + 64 * KiB, length: 64 * KiB, pattern: 0x31 }, { offset: 5 * MiB, length: 2 * MiB }, { offset: 24 * MiB, length: 1024, pattern: 0x32 }] },
     ]);
-    // Default windows, and windows small enough to cut runs and gaps everywhere.
-    for (const [name, options] of [['default', {}], ['tiny-windows', { windowBytes: 64 * KiB, holeBytes: 0 }], ['no-holes-one-buffer', { windowBytes: MiB, holeBytes: 64 * MiB, windowsInFlight: 1 }]] as const) {
+    // Default windows, windows small enough to cut runs and gaps everywhere, one reused buffer, and every read
+    // with O_DIRECT or none.
+    const variants = [
+      ['default', {}],
+      ['tiny-windows', { windowBytes: 64 * KiB, holeBytes: 0 }],
+      ['no-holes-one-buffer', { windowBytes: MiB, holeBytes: 64 * MiB, windowsInFlight: 1 }],
+      ['all-direct-reads', { directReadMinBytes: 4096 }],
+      ['page-cache-reads', { directReadMinBytes: Infinity }],
+    ] as const;
+    for (const [name, options] of variants) {
       const raw = join(work.path, `${name}.raw`);
       const result = await flattenImage(top, raw, 'raw', { ...options, logger: quiet });
       expect(result).toMatchObject({ method: FlattenMethod.ChainReader, copied: { layers: 3, sizeBytes: size } });
@@ -106,7 +114,7 @@ describe('flattenImage: a chain resolved once, copied in long runs', () => {
     await file.close();
     const top = join(work.path, below!);
     const raw = join(work.path, 'ours.raw');
-    expect(await flattenImage(top, raw, 'raw', { windowBytes: 256 * KiB, logger: quiet })).toMatchObject({ method: FlattenMethod.ChainReader, copied: { layers: 30 } });
+    expect(await flattenImage(top, raw, 'raw', { windowBytes: 256 * KiB, directReadMinBytes: 64 * KiB, logger: quiet })).toMatchObject({ method: FlattenMethod.ChainReader, copied: { layers: 30 } });
     expect(await compare(raw, reference)).toBe(IDENTICAL);
     const qcow2 = join(work.path, 'ours-flat.qcow2');
     await flattenImage(top, qcow2, 'qcow2', { logger: quiet });

@@ -28,8 +28,13 @@ export interface FlattenOptions {
   windowBytes?: number;
   /** Windows being read or written at once (default 4). */
   windowsInFlight?: number;
-  /** Zero runs at least this long are skipped; shorter ones inside a window are written as zeros (default 1 MiB). */
+  /** Zero runs at least this long are skipped; shorter ones inside a window are written as zeros (default 256 KiB). */
   holeBytes?: number;
+  /**
+   * Pieces at least this long are read with O_DIRECT (default 256 KiB; Infinity: never): restored images were
+   * written with O_DIRECT and are rarely in the page cache, and small pieces gain from the page cache's readahead.
+   */
+  directReadMinBytes?: number;
 }
 
 export interface FlattenResult {
@@ -55,7 +60,8 @@ export interface CopyWindow {
 }
 
 const DIRECT_ALIGN = 4096;
-const MiB = 1024 * 1024;
+const KiB = 1024;
+const MiB = 1024 * KiB;
 
 const roundDown = (n: number, to: number) => Math.floor(n / to) * to;
 const roundUp = (n: number, to: number) => Math.ceil(n / to) * to;
@@ -274,7 +280,8 @@ export async function flattenImage(sourcePath: string, outPath: string, format: 
   let chain: Qcow2Chain;
   let runs: ChainRun[];
   try {
-    chain = await Qcow2Chain.open(sourcePath, signal);
+    const directReadMinBytes = options.directReadMinBytes ?? 256 * KiB;
+    chain = await Qcow2Chain.open(sourcePath, { signal, directReadMinBytes: Number.isFinite(directReadMinBytes) ? directReadMinBytes : undefined });
     try {
       runs = await chain.runs(signal);
     } catch (err) {
@@ -299,7 +306,7 @@ export async function flattenImage(sourcePath: string, outPath: string, format: 
     let writtenBytes = 0;
     let dataBytes = 0;
     const windows = (function* () {
-      for (const window of copyWindows(runs, chain.sizeBytes, { align: sink.align, windowBytes, holeBytes: options.holeBytes ?? MiB })) {
+      for (const window of copyWindows(runs, chain.sizeBytes, { align: sink.align, windowBytes, holeBytes: options.holeBytes ?? 256 * KiB })) {
         writtenBytes += window.length;
         for (const piece of window.pieces) dataBytes += piece.length;
         yield window;
