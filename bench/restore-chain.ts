@@ -3,7 +3,10 @@
  * mover writes it) from a deterministic sample disk, then, per depth and round, `restoreDisk` (verify beside
  * the chain reader's copy, fsync, rename) against `qemu-img convert -W -m 8 -t none -O raw` of the same top
  * image, the previous restore (`qemu-img convert -O raw` + fsync) and `dd oflag=direct` of the bytes our
- * restore writes. Every restore of the first round is compared with the sample disk as it was at that depth.
+ * restore writes. A full point of the deepest point's content is restored too: the depth cost on equal data.
+ * Every restore of the first round is compared with the sample disk as it was at that point. Before each
+ * restore the chain's images are dropped from the page cache (`--warm` keeps them): a restore reads images
+ * that were written with O_DIRECT, usually long ago.
  *
  *   node_modules/.bin/node bench/restore-chain.ts --size 1GiB --depths 1,8,30 --runs 3
  */
@@ -14,7 +17,7 @@ import { parseArgs } from 'node:util';
 import { z } from 'zod';
 import { parseSize } from '../src/lib/size.ts';
 import { createLogger } from '../src/lib/log.ts';
-import { changeSampleDisk, createSampleDisk } from '../src/mover/sample-disk.ts';
+import { changeSampleDisk, createSampleDisk, mergeRegions } from '../src/mover/sample-disk.ts';
 import { RegionType, type Region } from '../src/mover/types.ts';
 import { Qcow2Writer, alignedBuffers } from '../src/qcow2/writer.ts';
 import { beginPoint, restoreDisk, verifyRepository, type RestorePoint, type VmRef } from '../src/repository/index.ts';
@@ -30,6 +33,7 @@ const { values } = parseArgs({
     dir: { type: 'string', default: tmpdir() },
     'skip-old': { type: 'boolean', default: false },
     'build-only': { type: 'boolean', default: false },
+    warm: { type: 'boolean', default: false },
   },
 });
 const args = z
@@ -41,6 +45,7 @@ const args = z
     dir: z.string(),
     'skip-old': z.boolean(),
     'build-only': z.boolean(),
+    warm: z.boolean(),
   })
   .parse(values);
 const sizeBytes = parseSize(args.size, '--size');
@@ -120,13 +125,26 @@ try {
     referenceAt.set(depth, copy);
   };
   await keepReference(1);
+  // Which 64 KiB blocks of the sample hold data now: the regions a full of its current content copies.
+  const BLOCK = 64 * 1024;
+  const hasData = new Uint8Array(Math.ceil(sizeBytes / BLOCK));
+  const mark = (regions: Region[]) => {
+    for (const r of regions) hasData.fill(r.type === RegionType.Regular ? 1 : 0, r.offset / BLOCK, Math.ceil((r.offset + r.length) / BLOCK));
+  };
+  mark(layout.runs);
   // As bench/run.ts grows its chain: three 5 % incrementals (the measured ones there), then 1 % ones.
   for (let depth = 2; depth <= depths.at(-1)!; depth++) {
     const changed = await changeSampleDisk(sample, sizeBytes, { seed: `${args.seed}-${depth}`, fraction: depth <= 4 ? 0.05 : 0.01, zeroShare: 0.2 });
     chain.push(await writePoint(vm, chain.at(-1), sample, changed, buffer!));
+    mark(changed);
     await keepReference(depth);
   }
-  log(`chain of ${chain.length} points written`);
+  const deepest = depths.at(-1)!;
+  const currentRegions = mergeRegions(
+    Array.from(hasData, (d, i) => ({ offset: i * BLOCK, length: Math.min(BLOCK, sizeBytes - i * BLOCK), type: d ? RegionType.Regular : RegionType.Zeroed })),
+  );
+  const fullOfDeepest = await writePoint(vm, undefined, sample, currentRegions, buffer!);
+  log(`chain of ${chain.length} points written, and a full of the depth-${deepest} content`);
   if (args['build-only']) {
     // For profiling by hand: the repository and the references stay; nothing is measured.
     console.log(JSON.stringify({ work, repo: vm.repo, vm: vm.vmUuid, points: chain.map((p) => p.dir), references: Object.fromEntries(referenceAt) }));
@@ -134,12 +152,35 @@ try {
   }
 
   const out = path.join(work, 'restored.raw');
-  const rows = depths.map((depth) => ({ depth, point: chain[depth - 1]!, ours: [] as Timing[], candidate: [] as Timing[], old: [] as Timing[], dd: [] as Timing[], verify: [] as Timing[], writtenBytes: 0, layers: 0 }));
+  const newRow = (name: string, point: RestorePoint, images: string[], reference: string) => ({
+    name,
+    point,
+    images,
+    reference,
+    ours: [] as Timing[],
+    candidate: [] as Timing[],
+    old: [] as Timing[],
+    dd: [] as Timing[],
+    verify: [] as Timing[],
+    writtenBytes: 0,
+    layers: 0,
+  });
+  const imageOf = (point: RestorePoint) => path.join(point.dir, 'disk-0.qcow2');
+  const rows = [
+    ...depths.map((depth) => newRow(`depth ${depth}`, chain[depth - 1]!, chain.slice(0, depth).map(imageOf), referenceAt.get(depth)!)),
+    newRow(`full of depth ${deepest}'s content`, fullOfDeepest, [imageOf(fullOfDeepest)], referenceAt.get(deepest)!),
+  ];
+  // posix_fadvise(DONTNEED) of each image: only these files leave the page cache.
+  const dropCache = async (images: string[]) => {
+    if (args.warm) return;
+    for (const image of images) await sh('dd', [`if=${image}`, 'iflag=nocache', 'count=0', 'status=none']);
+  };
   for (let round = 0; round < args.runs; round++) {
     for (let k = 0; k < rows.length; k++) {
       const row = rows[(k + round) % rows.length]!;
-      const image = path.join(row.point.dir, 'disk-0.qcow2');
+      const image = imageOf(row.point);
       await rm(out, { force: true });
+      await dropCache(row.images);
       const ours = await timed(async () => {
         const result = await restoreDisk({ repo: vm.repo, vm: vm.vmUuid, point: row.point.pointId, diskIndex: 0, out, format: 'raw', logger });
         if (result.flatten.method !== 'chain-reader') throw new Error(`restore fell back to qemu-img: ${result.flatten.fallbackReason}`);
@@ -147,11 +188,13 @@ try {
         row.layers = result.flatten.copied!.layers;
       });
       row.ours.push(ours);
-      if (round === 0) await sh('qemu-img', ['compare', '-q', '-f', 'raw', '-F', 'raw', out, referenceAt.get(row.depth)!]);
+      if (round === 0) await sh('qemu-img', ['compare', '-q', '-f', 'raw', '-F', 'raw', out, row.reference]);
       await rm(out, { force: true });
+      await dropCache(row.images);
       row.candidate.push(await timed(() => sh('qemu-img', ['convert', '-W', '-m', '8', '-t', 'none', '-f', 'qcow2', '-O', 'raw', image, out])));
       await rm(out, { force: true });
       if (!args['skip-old']) {
+        await dropCache(row.images);
         row.old.push(await timed(() => sh('qemu-img', ['convert', '-f', 'qcow2', '-O', 'raw', image, out]).then(() => sh('sync', ['-d', out]))));
         await rm(out, { force: true });
       }
@@ -159,7 +202,7 @@ try {
       await rm(out, { force: true });
       row.verify.push(await timed(() => verifyRepository(vm.repo, { vm: vm.vmUuid, point: row.point.pointId, disk: 0, checksums: false })));
       log(
-        `depth ${row.depth} round ${round + 1}: ours ${ours.seconds.toFixed(2)} s (cpu ${ours.cpuSeconds.toFixed(2)}), convert -W -m 8 -t none ${row.candidate.at(-1)!.seconds.toFixed(2)} s` +
+        `${row.name} round ${round + 1}: ours ${ours.seconds.toFixed(2)} s (cpu ${ours.cpuSeconds.toFixed(2)}), convert -W -m 8 -t none ${row.candidate.at(-1)!.seconds.toFixed(2)} s` +
           `${row.old.length ? `, old restore ${row.old.at(-1)!.seconds.toFixed(2)} s` : ''}, dd ${row.dd.at(-1)!.seconds.toFixed(2)} s, verify alone ${row.verify.at(-1)!.seconds.toFixed(2)} s`,
       );
     }
@@ -169,13 +212,16 @@ try {
   const cpuOf = (t: Timing[]) => median(t.map((x) => x.cpuSeconds));
   const ours1 = secondsOf(rows[0]!.ours);
   const candidate1 = secondsOf(rows[0]!.candidate);
+  const oursFull = secondsOf(rows.at(-1)!.ours);
+  const candidateFull = secondsOf(rows.at(-1)!.candidate);
   const table = rows.map((row) => ({
-    depth: row.depth,
+    restore: row.name,
     layers: row.layers,
     oursSeconds: round3(secondsOf(row.ours)),
     oursCpuSeconds: round3(cpuOf(row.ours)),
     oursGiBps: round3(sizeBytes / GiB / secondsOf(row.ours)),
     oursOfDepth1: round3(secondsOf(row.ours) / ours1),
+    oursOfFullSameContent: round3(secondsOf(row.ours) / oursFull),
     writtenGiB: round3(row.writtenBytes / GiB),
     ddSeconds: round3(secondsOf(row.dd)),
     ddOverOurs: round3(secondsOf(row.dd) / secondsOf(row.ours)),
@@ -183,12 +229,13 @@ try {
     candidateSeconds: round3(secondsOf(row.candidate)),
     candidateCpuSeconds: round3(cpuOf(row.candidate)),
     candidateOfDepth1: round3(secondsOf(row.candidate) / candidate1),
+    candidateOfFullSameContent: round3(secondsOf(row.candidate) / candidateFull),
     candidateOverOurs: round3(secondsOf(row.candidate) / secondsOf(row.ours)),
     oldSeconds: row.old.length ? round3(secondsOf(row.old)) : null,
     oldCpuSeconds: row.old.length ? round3(cpuOf(row.old)) : null,
   }));
   console.table(table);
-  console.log(JSON.stringify({ sizeBytes, dataBytes: layout.dataBytes, runs: args.runs, loadAverage, machine: facts, table }, null, 2));
+  console.log(JSON.stringify({ sizeBytes, dataBytes: layout.dataBytes, runs: args.runs, pageCache: args.warm ? 'warm' : 'dropped before each restore', loadAverage, machine: facts, table }, null, 2));
 } finally {
   await rm(work, { recursive: true, force: true });
 }
