@@ -10,7 +10,7 @@ import { AppError, ErrorCode, isAppError } from '../lib/errors.ts';
 import { failpoint, Failpoint } from '../lib/failpoint.ts';
 import { createLogger, type Logger } from '../lib/log.ts';
 import type { StorageTier } from '../mover/tiers.ts';
-import type { PrismClient, RecoveryPoint, Vm, VmDisk } from '../prism/types.ts';
+import type { PreparedExport, PrismClient, RecoveryPoint, Vm, VmDisk } from '../prism/types.ts';
 import * as repository from '../repository/index.ts';
 import { judgeObtained, planConsistency, type ConsistencyMode } from './consistency.ts';
 import { backupDisk, type DiskPhaseTimings, type DiskProgressEvent } from './disk.ts';
@@ -90,12 +90,28 @@ export async function backupVm(prism: PrismClient, request: BackupRequest): Prom
 
   const staged = await repository.beginPoint(vmRef, { parentPointId: base?.previous.pointId ?? null, signal, logger: log });
   let recoveryPoint: RecoveryPoint | undefined;
+  // The export volume groups carry the attempt's tag: whatever this attempt leaves, its next run finds.
+  const exportTag = exportTagOf(staged.pointId);
+  let sweeping: Promise<{ ids: string[] } | { error: unknown }> = Promise.resolve({ ids: [] });
+  let preparing: Promise<PreparedExport | undefined>[] = [];
+  let preparationFailed = false;
   // Exports are released in the background from the end of each disk's copy, beside the commit.
   const releases: Promise<ReleaseOutcome>[] = [];
   try {
     const older = (await repository.listVmPoints(vmRef)).slice(0, -1);
-    const stale = await sweepStaleRecoveryPoints(prism, vm.uuid, older.map((p) => ({ pointId: p.pointId, recoveryPointId: p.manifest.recoveryPoint.id })), signal);
-    if (stale.length) log.info({ vm: vm.name, recoveryPoints: stale }, 'deleted stale recovery points of earlier backups');
+    // Neither the sweep of stale recovery points nor the export volume groups need the new recovery point: both
+    // run while Prism makes it.
+    sweeping = sweepStaleRecoveryPoints(prism, vm.uuid, older.map((p) => ({ pointId: p.pointId, recoveryPointId: p.manifest.recoveryPoint.id })), signal).then(
+      (ids) => ({ ids }),
+      (error: unknown) => ({ error }),
+    );
+    preparing = vm.disks.map(() =>
+      prism.prepareExport({ clusterUuid: vm.cluster.uuid, exportTag, signal }).catch((err: unknown) => {
+        preparationFailed = true;
+        log.info({ vm: vm.name, err: errorText(err) }, 'export volume group not made ahead: made after the recovery point');
+        return undefined;
+      }),
+    );
     const prepareMs = msSince(start);
     const recoveryPointStart = performance.now();
     const requestId = randomUUID();
@@ -114,12 +130,15 @@ export async function backupVm(prism: PrismClient, request: BackupRequest): Prom
     }
     await staged.addResource({ kind: 'recovery-point', id: recoveryPoint.id, detail: { generation: recoveryPoint.generation } });
     await staged.settleRecoveryPointRequest();
+    const swept = await sweeping;
+    if ('error' in swept) throw swept.error;
+    if (swept.ids.length) log.info({ vm: vm.name, recoveryPoints: swept.ids }, 'deleted stale recovery points of earlier backups');
     const recoveryPointMs = msSince(recoveryPointStart);
     const obtained = judgeObtained(request.consistency, consistencyPlan, recoveryPoint.consistency, vm.name);
     log.info({ vm: vm.name, recoveryPoint: recoveryPoint.id, consistency: obtained.obtained, reason: obtained.downgradeReason }, 'recovery point created');
 
     const rp = recoveryPoint;
-    const outcomes = await copyDisks(prism, request, vm, rp, base, staged, releases, log);
+    const outcomes = await copyDisks(prism, request, vm, rp, base, staged, { exportTag, preparing, releases }, log);
     const overlays = outcomes.filter((o) => o.overlay).length;
     const fallbacks = outcomes.flatMap((o, i) => (o.fullReason ? [`disk ${vm.disks[i]?.index}: ${o.fullReason}`] : []));
     failpoint(Failpoint.BeforeCommit);
@@ -154,6 +173,8 @@ export async function backupVm(prism: PrismClient, request: BackupRequest): Prom
         );
       }
     }
+    // A preparation that failed on our side may still have made a volume group on Prism's.
+    if (preparationFailed) await releaseTagged(prism, exportTag, log, signal);
     const teardownMs = new Map(released.flatMap((r) => ('ms' in r ? [[r.diskIndex, r.ms] as const] : [])));
     const timings: BackupTimings = {
       prepareMs,
@@ -169,13 +190,31 @@ export async function backupVm(prism: PrismClient, request: BackupRequest): Prom
     log.info({ vm: vm.name, point: point.pointId, timings }, 'backup phases');
     return { point, deletedBaseRecoveryPoints, timings };
   } catch (err) {
-    // An export still being released holds the recovery point's disk: let it go first.
+    // Let running Prism work settle: an export being made or released holds the recovery point's disk.
+    await Promise.all([sweeping, ...preparing]);
     for (const outcome of await Promise.all(releases)) {
       if ('error' in outcome) log.warn({ vm: vm.name, disk: outcome.diskIndex, err: errorText(outcome.error) }, 'export not released');
     }
-    await abortAttempt(prism, vm, staged, recoveryPoint, log);
+    await abortAttempt(prism, vm, staged, exportTag, recoveryPoint, log);
     throw err;
   }
+}
+
+/** Deletes the export volume groups carrying `exportTag` (unused preparations, failed releases); failures are logged. */
+async function releaseTagged(prism: PrismClient, exportTag: string, log: Logger, signal?: AbortSignal): Promise<void> {
+  try {
+    const released = await prism.releaseExportVolumeGroups(exportTag, signal);
+    if (released.length) log.info({ exportTag, volumeGroups: released }, 'released leftover export volume groups');
+  } catch (err) {
+    log.warn({ exportTag, err: errorText(err) }, 'leftover export volume groups not released: the next backup of this VM releases them');
+  }
+}
+
+/** The exports of one attempt: their tag, the volume groups being made ahead (one per disk), the releases running. */
+interface DiskExports {
+  exportTag: string;
+  preparing: Promise<PreparedExport | undefined>[];
+  releases: Promise<ReleaseOutcome>[];
 }
 
 /** How the background release of one disk's export ended. */
@@ -212,15 +251,15 @@ async function copyDisks(
   rp: RecoveryPoint,
   base: Base | undefined,
   staged: repository.StagedPoint,
-  releases: Promise<ReleaseOutcome>[],
+  exports: DiskExports,
   log: Logger,
 ): Promise<DiskOutcome[]> {
   // One disk failing stops the others: their partial images are worthless once the point cannot commit.
   const stop = new AbortController();
   const signal = request.signal ? AbortSignal.any([request.signal, stop.signal]) : stop.signal;
-  return mapBounded(vm.disks, request.parallelDisks ?? 2, async (disk) => {
+  return mapBounded(vm.disks, request.parallelDisks ?? 2, async (disk, i) => {
     try {
-      return await copyOneDisk(prism, request, disk, rp, base, staged, releases, log, signal);
+      return await copyOneDisk(prism, request, disk, rp, base, staged, { exportTag: exports.exportTag, prepared: exports.preparing[i], releases: exports.releases }, log, signal);
     } catch (err) {
       stop.abort(err);
       throw err;
@@ -235,7 +274,7 @@ async function copyOneDisk(
   rp: RecoveryPoint,
   base: Base | undefined,
   staged: repository.StagedPoint,
-  releases: Promise<ReleaseOutcome>[],
+  exports: { exportTag: string; prepared: Promise<PreparedExport | undefined> | undefined; releases: Promise<ReleaseOutcome>[] },
   log: Logger,
   signal: AbortSignal,
 ): Promise<DiskOutcome> {
@@ -248,8 +287,8 @@ async function copyOneDisk(
     ...(base && !previousDisk ? { noBaseReason: 'new disk' } : {}),
     target: (overlay) => staged.copyTarget(disk.index, disk.sizeBytes, { overlay, signal }),
     initiatorName: request.initiatorName,
-    // Names the export after the attempt, so the next backup releases it if this process dies meanwhile.
-    exportTag: exportTagOf(staged.pointId),
+    exportTag: exports.exportTag,
+    ...(exports.prepared ? { preparedExport: exports.prepared } : {}),
     deferRelease: true,
     ...(request.tier ? { tier: request.tier } : {}),
     ...(request.tuning ? { tuning: request.tuning } : {}),
@@ -259,7 +298,7 @@ async function copyOneDisk(
     ...(request.onProgress ? { onProgress: request.onProgress } : {}),
   });
   if (result.released) {
-    releases.push(result.released.then((ms) => ({ diskIndex: disk.index, ms }), (error: unknown) => ({ diskIndex: disk.index, error })));
+    exports.releases.push(result.released.then((ms) => ({ diskIndex: disk.index, ms }), (error: unknown) => ({ diskIndex: disk.index, error })));
   }
   const { ms: recordMs } = await timed(() => staged.writeDisk({
     index: disk.index,
@@ -279,9 +318,18 @@ function refusedOutright(err: unknown): boolean {
 }
 
 /** Deletes this attempt's recovery point and staging; whatever cannot be deleted stays journaled for the next run. */
-async function abortAttempt(prism: PrismClient, vm: Vm, staged: repository.StagedPoint, recoveryPoint: RecoveryPoint | undefined, log: Logger): Promise<void> {
+async function abortAttempt(
+  prism: PrismClient,
+  vm: Vm,
+  staged: repository.StagedPoint,
+  exportTag: string,
+  recoveryPoint: RecoveryPoint | undefined,
+  log: Logger,
+): Promise<void> {
   // Clean-up must run even when the backup was aborted, but not forever.
   const cleanupSignal = AbortSignal.timeout(120_000);
+  // Export volume groups first: they hold the recovery point's disks.
+  await releaseTagged(prism, exportTag, log, cleanupSignal);
   try {
     if (recoveryPoint !== undefined || staged.journal.recoveryPointRequestId !== undefined) {
       const deleted = await deleteAttemptRecoveryPoints(prism, vm.uuid, staged.pointId, recoveryPoint?.id, cleanupSignal);

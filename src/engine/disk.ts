@@ -8,7 +8,7 @@ import type { Logger } from '../lib/log.ts';
 import { copyDisk } from '../mover/copy-disk.ts';
 import { tuningFor, type StorageTier } from '../mover/tiers.ts';
 import { RegionType, type BlockChecksum, type DiskCopyProgress, type DiskCopyStats, type Region } from '../mover/types.ts';
-import type { ChangedRegionsRequest, DiskRecoveryPoint, PrismClient, RecoveryPoint, VmDisk } from '../prism/types.ts';
+import type { ChangedRegionsRequest, DiskRecoveryPoint, PreparedExport, PrismClient, RecoveryPoint, VmDisk } from '../prism/types.ts';
 import type { QemuNbdServer } from '../nbd/qemu-nbd.ts';
 import { serveDiskExport } from './disk-source.ts';
 import { timed } from './timing.ts';
@@ -33,6 +33,8 @@ export interface DiskBackupRequest {
   initiatorName: string;
   /** Marks the export so its volume group can be released by its owner after a crash (the operator uses the run's uid). */
   exportTag?: string;
+  /** An export volume group being made ahead (prism.prepareExport) for this disk; undefined: none could be. */
+  preparedExport?: Promise<PreparedExport | undefined>;
   tier?: StorageTier;
   tuning?: { requestSize?: number; inFlight?: number };
   /** CRT block size asked of Prism (v4: 32-256 KiB). */
@@ -130,7 +132,8 @@ interface OpenSource {
 
 async function openSource(request: DiskBackupRequest, diskRp: DiskRecoveryPoint, signal: AbortSignal): Promise<OpenSource> {
   const { prism, recoveryPoint, initiatorName, exportTag } = request;
-  const diskExport = await prism.exportDisk({ recoveryPoint, disk: diskRp, initiatorName, ...(exportTag ? { exportTag } : {}), signal });
+  const prepared = await request.preparedExport;
+  const diskExport = await prism.exportDisk({ recoveryPoint, disk: diskRp, initiatorName, ...(exportTag ? { exportTag } : {}), ...(prepared ? { prepared } : {}), signal });
   let server: QemuNbdServer;
   try {
     server = await serveDiskExport(diskExport, initiatorName, signal);

@@ -110,6 +110,10 @@ class DiscoveringPrismClient implements PrismClient {
     yield* this.backendFor(request.recoveryPoint.generation).changedRegions(request);
   }
 
+  async prepareExport(request: Parameters<PrismClient['prepareExport']>[0]) {
+    return (await this.backend(request.signal)).prepareExport(request);
+  }
+
   async exportDisk(request: Parameters<PrismClient['exportDisk']>[0]) {
     return this.backendFor(request.recoveryPoint.generation).exportDisk(request);
   }

@@ -108,6 +108,14 @@ export type DiskExport =
   | { kind: 'iscsi'; url: string; release(signal?: AbortSignal): Promise<void> }
   | { kind: 'file'; path: string; release(signal?: AbortSignal): Promise<void> };
 
+/** An empty export volume group made ahead of the recovery point (v4), for exportDisk to fill with one disk. */
+export interface PreparedExport {
+  volumeGroupId: string;
+  clusterUuid: string;
+  /** The iSCSI target name it was created with. */
+  targetName: string;
+}
+
 export interface ChangedRegionsRequest {
   recoveryPoint: RecoveryPoint;
   disk: DiskRecoveryPoint;
@@ -143,6 +151,13 @@ export interface PrismClient {
   deleteRecoveryPoint(id: string, signal?: AbortSignal): Promise<void>;
   /** Pages to the end; regions come in ascending offset order. */
   changedRegions(request: ChangedRegionsRequest): AsyncIterable<Region>;
+  /**
+   * v4: creates an empty export volume group on `clusterUuid`, named with `exportTag`, while the recovery point is
+   * still being made, so that exportDisk only has to add the disk and attach; v3: nothing to prepare (undefined).
+   * exportDisk takes the group over (and deletes it if the recovery point lies on another cluster); a group never
+   * handed to exportDisk is deleted by releaseExportVolumeGroups(exportTag).
+   */
+  prepareExport(request: { clusterUuid: string; exportTag?: string; signal?: AbortSignal }): Promise<PreparedExport | undefined>;
   /** Makes a disk recovery point readable: an iSCSI LUN through a volume group (v4) or the snapshot file (v3). */
   exportDisk(request: {
     recoveryPoint: RecoveryPoint;
@@ -150,6 +165,8 @@ export interface PrismClient {
     initiatorName: string;
     /** Marks the export (v4: part of the volume group's name) so releaseExportVolumeGroups finds it after a crash. */
     exportTag?: string;
+    /** A volume group from prepareExport to use (v4). */
+    prepared?: PreparedExport;
     signal?: AbortSignal;
   }): Promise<DiskExport>;
   /**

@@ -33,6 +33,7 @@ import type {
   ClusterInfo,
   DiskExport,
   DiskRecoveryPoint,
+  PreparedExport,
   RecoveryPoint,
   Vm,
   VmDisk,
@@ -221,6 +222,11 @@ export class V3Backend {
       }
       position = next;
     }
+  }
+
+  /** A snapshot file needs no export: nothing to prepare. */
+  prepareExport(): Promise<PreparedExport | undefined> {
+    return Promise.resolve(undefined);
   }
 
   exportDisk(request: { disk: DiskRecoveryPoint }): Promise<DiskExport> {

@@ -31,7 +31,7 @@ import {
   v4VolumeGroupSchema,
 } from './schemas.ts';
 import { type TaskWaitOptions, createdEntityId, pathSegment, waitForV4Task } from './tasks.ts';
-import type { ChangedRegionsRequest, ClusterInfo, DiskExport, DiskRecoveryPoint, RecoveryPoint, Vm, VmDisk, CreateRecoveryPointRequest } from './types.ts';
+import type { ChangedRegionsRequest, ClusterInfo, DiskExport, DiskRecoveryPoint, PreparedExport, RecoveryPoint, Vm, VmDisk, CreateRecoveryPointRequest } from './types.ts';
 import type { BackendDeps } from './v3.ts';
 
 /** API revision per v4 namespace: v4.0 is the first GA revision (pc.2024.3), served by every v4-capable PC. */
@@ -213,37 +213,53 @@ export class V4Backend {
     }
   }
 
-  async exportDisk(request: { recoveryPoint: RecoveryPoint; disk: DiskRecoveryPoint; initiatorName: string; exportTag?: string; signal?: AbortSignal }): Promise<DiskExport> {
-    const { signal, disk, recoveryPoint } = request;
-    const what = `export disk ${disk.diskUuid} of recovery point ${recoveryPoint.id}`;
-    if (!disk.diskRecoveryPointId) {
-      throw new AppError(ErrorCode.InvalidInput, `${what}: the disk has no v4 disk recovery point id`, { hint: 'pass a disk of a v4 recovery point' });
-    }
-    const clusters = await this.clusters(signal);
-    const cluster = clusters.find((c) => c.uuid === recoveryPoint.clusterUuid) ?? (clusters.filter((c) => !c.isPrismCentral).length === 1 ? clusters.find((c) => !c.isPrismCentral) : undefined);
-    if (!cluster) {
-      throw new AppError(ErrorCode.BadResponse, `${what}: cannot tell which cluster holds the recovery point`, { hint: 'the recovery point has no locationReferences' });
-    }
-    if (!cluster.dataServicesIp) {
-      throw new AppError(ErrorCode.Unsupported, `${what}: cluster ${cluster.name} has no iSCSI data services IP`, {
-        hint: 'set the cluster data services IP in Prism (Cluster Details > iSCSI Data Services IP)',
-      });
-    }
+  async prepareExport(request: { clusterUuid: string; exportTag?: string; signal?: AbortSignal }): Promise<PreparedExport> {
     const token = randomUUID();
     const targetName = `sendense-${token.slice(0, 8)}`;
-    const vgWhat = `${what}: create volume group`;
+    const what = `create export volume group on cluster ${request.clusterUuid}`;
     const created = await this.http.request({
       method: 'POST',
       path: v4Paths.volumeGroups,
-      body: { name: `${exportNamePrefix(request.exportTag)}${token}`, clusterReference: cluster.uuid, sharingStatus: 'SHARED', targetName },
+      body: { name: `${exportNamePrefix(request.exportTag)}${token}`, clusterReference: request.clusterUuid, sharingStatus: 'SHARED', targetName },
       headers: { 'NTNX-Request-Id': token },
       schema: v4Envelope(v4TaskReferenceSchema),
       retrySafe: true,
-      signal,
-      what: vgWhat,
+      signal: request.signal,
+      what,
     });
-    const vgTask = await waitForV4Task(this.http, created.data.data.extId, vgWhat, this.taskWait, signal);
-    const vgId = createdEntityId(vgTask, 'volumeGroupExtId', 'volumes:config:volume-group', vgWhat);
+    const task = await waitForV4Task(this.http, created.data.data.extId, what, this.taskWait, request.signal);
+    return { volumeGroupId: createdEntityId(task, 'volumeGroupExtId', 'volumes:config:volume-group', what), clusterUuid: request.clusterUuid, targetName };
+  }
+
+  async exportDisk(request: {
+    recoveryPoint: RecoveryPoint;
+    disk: DiskRecoveryPoint;
+    initiatorName: string;
+    exportTag?: string;
+    prepared?: PreparedExport;
+    signal?: AbortSignal;
+  }): Promise<DiskExport> {
+    const { signal, disk, recoveryPoint, prepared } = request;
+    const what = `export disk ${disk.diskUuid} of recovery point ${recoveryPoint.id}`;
+    // A prepared volume group is ours from here on: deleted if the export cannot even start.
+    const source = async () => {
+      if (!disk.diskRecoveryPointId) {
+        throw new AppError(ErrorCode.InvalidInput, `${what}: the disk has no v4 disk recovery point id`, { hint: 'pass a disk of a v4 recovery point' });
+      }
+      return { diskRecoveryPointId: disk.diskRecoveryPointId, cluster: await this.exportCluster(recoveryPoint, what, signal) };
+    };
+    const { diskRecoveryPointId, cluster } = await source().catch(async (err: unknown) => {
+      if (prepared) await this.discardVolumeGroup(prepared.volumeGroupId);
+      throw err;
+    });
+    let volumeGroup = prepared;
+    if (volumeGroup && volumeGroup.clusterUuid !== cluster.uuid) {
+      // Prepared on the VM's cluster, but the recovery point lies elsewhere: the LUN must come from its cluster.
+      await this.discardVolumeGroup(volumeGroup.volumeGroupId);
+      volumeGroup = undefined;
+    }
+    volumeGroup ??= await this.prepareExport({ clusterUuid: cluster.uuid, ...(request.exportTag ? { exportTag: request.exportTag } : {}), ...(signal ? { signal } : {}) });
+    const { volumeGroupId: vgId, targetName } = volumeGroup;
     const vgPath = `${v4Paths.volumeGroups}/${pathSegment(vgId)}`;
     let mayBeAttached = false;
     let iscsiClientId: string | undefined;
@@ -265,7 +281,7 @@ export class V4Backend {
       await this.runTask(
         'POST',
         `${vgPath}/disks`,
-        { diskDataSourceReference: { entityType: 'DISK_RECOVERY_POINT', extId: disk.diskRecoveryPointId } },
+        { diskDataSourceReference: { entityType: 'DISK_RECOVERY_POINT', extId: diskRecoveryPointId } },
         `${what}: add disk`,
         { signal },
       );
@@ -311,6 +327,28 @@ export class V4Backend {
       released.push(vgId);
     }
     return released;
+  }
+
+  /** The cluster holding the recovery point, where its disks can be exported, with its iSCSI data services IP. */
+  private async exportCluster(recoveryPoint: RecoveryPoint, what: string, signal?: AbortSignal): Promise<ClusterInfo & { dataServicesIp: string }> {
+    const clusters = await this.clusters(signal);
+    const cluster = clusters.find((c) => c.uuid === recoveryPoint.clusterUuid) ?? (clusters.filter((c) => !c.isPrismCentral).length === 1 ? clusters.find((c) => !c.isPrismCentral) : undefined);
+    if (!cluster) {
+      throw new AppError(ErrorCode.BadResponse, `${what}: cannot tell which cluster holds the recovery point`, { hint: 'the recovery point has no locationReferences' });
+    }
+    if (!cluster.dataServicesIp) {
+      throw new AppError(ErrorCode.Unsupported, `${what}: cluster ${cluster.name} has no iSCSI data services IP`, {
+        hint: 'set the cluster data services IP in Prism (Cluster Details > iSCSI Data Services IP)',
+      });
+    }
+    return { ...cluster, dataServicesIp: cluster.dataServicesIp };
+  }
+
+  /** Deletes a volume group nothing is attached to; a failure is only logged (its name lets releaseExportVolumeGroups find it). */
+  private async discardVolumeGroup(vgId: string): Promise<void> {
+    await this.deleteWithEtag(`${v4Paths.volumeGroups}/${pathSegment(vgId)}`, `discard volume group ${vgId}`).catch((err: unknown) =>
+      this.log.warn({ vg: vgId, err: err instanceof Error ? err.message : String(err) }, 'could not remove the export volume group'),
+    );
   }
 
   private async findIscsiClient(initiatorName: string, what: string, signal?: AbortSignal) {
