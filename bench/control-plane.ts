@@ -1,14 +1,14 @@
 /**
  * Where the time of one backup goes (issue 5: the fixed control-plane cost of every backup). Starts the Prism
- * simulator with one small disk, then per round: a full through v4 and through v3, a guest write of
- * --change-percent, an incremental through each. Prints the median of every phase the engine reports
+ * simulator with a small disk per generation (one VM each), then per round: a full through v4 and through v3, a
+ * guest write of --change-percent, an incremental through each. Prints the median of every phase the engine reports
  * (BackupResult.timings) and the incremental / full time ratio.
  *
  *   node_modules/.bin/node bench/control-plane.ts [--size 256MiB] [--runs 3] [--change-percent 5]
  *       [--task-duration 0ms] [--poll-ms N] [--json FILE]
  *
- * --task-duration is passed to the simulator (how long each Prism task stays RUNNING); --poll-ms overrides the
- * client's first task-poll delay (to compare with the former fixed 250 ms).
+ * --task-duration is passed to the simulator (how long each Prism task stays RUNNING, per operation if wanted);
+ * --poll-ms overrides the client's first task-poll delay of the v4 GET polling (250 was the former default).
  */
 import { writeFileSync } from 'node:fs';
 import { mkdtemp, rm } from 'node:fs/promises';
@@ -43,7 +43,9 @@ const args = z
   })
   .parse(values);
 
-const vm = 'vm-0001';
+// One VM per generation, so neither deletes the other's recovery points' shared files (the simulator's snapshots
+// are hard links; the last link's delete pays for freeing the data). Odd indexes: disks of exactly --size.
+const vms = { v4: 'vm-0001', v3: 'vm-0003' } as const;
 const initiatorName = `iqn.2026-11.io.sendense:control-plane-${hostname()}`;
 const logger = createLogger({ level: 'warn', name: 'control-plane' });
 const generations = ['v4', 'v3'] as const;
@@ -76,7 +78,7 @@ function median(xs: number[]): number {
   return sorted.length % 2 ? (sorted[mid] ?? 0) : ((sorted[mid - 1] ?? 0) + (sorted[mid] ?? 0)) / 2;
 }
 
-const sim = await startSim({ vms: 1, disksPerVm: 1, diskSize: args.size, ...(args['task-duration'] ? { taskDuration: args['task-duration'] } : {}) });
+const sim = await startSim({ vms: 3, disksPerVm: 1, diskSize: args.size, ...(args['task-duration'] ? { taskDuration: args['task-duration'] } : {}) });
 const work = await mkdtemp(path.join(tmpdir(), 'control-plane-'));
 const connection = { endpoint: sim.endpoint, username: sim.username, password: sim.password, caPem: sim.caPem };
 const taskWait = args['poll-ms'] === undefined ? {} : { taskWait: { pollMs: args['poll-ms'] } };
@@ -86,16 +88,16 @@ const clients: Record<(typeof generations)[number], PrismClient> = {
 };
 const samples = new Map<Series, Record<string, number>[]>();
 try {
-  await sim.diskPath(vm, 0); // generate the disk outside the measurement
+  for (const vm of Object.values(vms)) await sim.diskPath(vm, 0); // generate the disks outside the measurement
   for (let round = 1; round <= args.runs; round++) {
     for (const kind of kinds) {
-      if (kind === 'incremental') await sim.admin.write(vm, 0, args['change-percent'], 1000 + round);
+      if (kind === 'incremental') for (const vm of Object.values(vms)) await sim.admin.write(vm, 0, args['change-percent'], 1000 + round);
       // Alternate which generation goes first, so neither always finds a warm page cache.
       const order = round % 2 ? generations : [...generations].reverse();
       for (const generation of order) {
         const result = await backupVm(clients[generation], {
           repo: path.join(work, generation),
-          vm,
+          vm: vms[generation],
           mode: kind,
           consistency: 'crash',
           initiatorName,

@@ -1,4 +1,5 @@
 /** v3 API of the simulator: behaviour, and every response validated against the published swagger files. */
+import { existsSync } from 'node:fs';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { startSim, type RunningSim } from '../test/support/sim.ts';
 import { call, loadSwaggerValidators, type HttpResult, type SwaggerValidator } from './testkit.ts';
@@ -138,6 +139,8 @@ describe('v3 Prism Element snapshots and changed regions', () => {
     const deleteTask = (deleted.body as { status: { execution_context: { task_uuid: string } } }).status.execution_context.task_uuid;
     await call(sim, 'POST', `${v3}/tasks/poll`, { body: { task_uuid_list: [deleteTask], poll_timeout_seconds: 10 } });
     expect((await conform('pe', 'GET', '/vm_snapshots/{uuid}', `/vm_snapshots/${snapUuid}`)).status).toBe(404);
+    // The files are moved aside by the task (and freed in the background), so the path no longer opens.
+    expect(existsSync(status.snapshot_file_list[0]?.snapshot_file_path ?? '')).toBe(false);
     const gone = await conform('pe', 'POST', '/data/changed_regions', '/data/changed_regions', { snapshot_file_path: status.snapshot_file_list[0]?.snapshot_file_path });
     expect(gone.status).toBe(404);
   });

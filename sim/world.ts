@@ -4,8 +4,8 @@
  */
 import { randomUUID } from 'node:crypto';
 import { existsSync } from 'node:fs';
-import { rm } from 'node:fs/promises';
-import { dirname } from 'node:path';
+import { rename, rm } from 'node:fs/promises';
+import { dirname, join } from 'node:path';
 import {
   applyGuestWrites,
   BlockMap,
@@ -43,6 +43,8 @@ export class World {
   private readonly locks = new Map<string, Promise<unknown>>();
   private saving: Promise<void> | undefined;
   private dirty = false;
+  /** Deleted snapshots' files being freed (awaited by flush). */
+  private readonly reclaiming = new Set<Promise<void>>();
 
   constructor(dataDir: string, state: SimState) {
     this.dataDir = dataDir;
@@ -164,12 +166,27 @@ export class World {
     return undefined;
   }
 
+  /**
+   * The snapshot is gone at once; its files are renamed aside and freed in the background, as Nutanix reclaims a
+   * deleted recovery point's space later (Curator) instead of in the delete task. Freeing the last link of a
+   * large file takes the file system a while, which a real delete task does not wait for either.
+   */
   async deleteSnapshot(snapshot: Snapshot): Promise<void> {
     this.state.snapshots = this.state.snapshots.filter((s) => s !== snapshot);
     for (const part of snapshot.vms) {
       for (const disk of part.disks) this.maps.delete(disk.path);
     }
-    await rm(dirname(snapshotDiskPath(this.dataDir, snapshot.uuid, 'x')), { recursive: true, force: true });
+    const dir = dirname(snapshotDiskPath(this.dataDir, snapshot.uuid, 'x'));
+    const doomed = join(dirname(dir), `.reclaim-${randomUUID()}`);
+    try {
+      await rename(dir, doomed);
+    } catch (err) {
+      if ((err as NodeJS.ErrnoException).code !== 'ENOENT') throw err;
+      this.changed();
+      return;
+    }
+    const reclaim = rm(doomed, { recursive: true, force: true }).finally(() => this.reclaiming.delete(reclaim));
+    this.reclaiming.add(reclaim);
     this.changed();
   }
 
@@ -187,6 +204,7 @@ export class World {
   }
 
   async flush(): Promise<void> {
+    await Promise.allSettled(this.reclaiming);
     while (this.saving) await this.saving;
   }
 }
