@@ -14,7 +14,7 @@ import { VmInventory } from '../operator/inventory.ts';
 import { KubeApi } from '../operator/kube.ts';
 import { Manager } from '../operator/manager.ts';
 import { parseDuration } from '../operator/time.ts';
-import { commandContext } from './program.ts';
+import { commandContext, createProgram, runProgram } from './program.ts';
 
 const port = (field: string) =>
   z.coerce.number({ error: `${field} must be a port number` }).int().min(0, `${field} must be 0-65535`).max(65535, `${field} must be 0-65535`);
@@ -119,4 +119,12 @@ export function registerOperatorCommand(program: Command): void {
       log.info('operator stopping');
       await manager.stop();
     });
+}
+
+// bin/sendense-nutanix starts `operator` here rather than at main.ts, so the operator process never loads the other
+// commands' modules (the backup data path: mover, NBD client, QCOW2 writer, repository), about 5 MiB (issue 5).
+if (import.meta.main) {
+  const program = createProgram();
+  registerOperatorCommand(program);
+  process.exitCode = await runProgram(program, process.argv);
 }
