@@ -15,7 +15,7 @@ export interface TaskWaitOptions {
 /**
  * Adaptive polling: each wait is the time already waited plus pollMs (until the cap), so a task is seen at most
  * its own duration + 20 ms late: one that finishes in 30 ms (the simulator, a small volume-group change) costs
- * ~60 ms, and a 2-minute task on a real Prism Central costs about 30 GETs, the delay being capped at 5 s.
+ * ~60 ms, and a 2-minute task on a real Prism Central costs 32 GETs, the delay being capped at 5 s (v3 uses a long poll instead).
  */
 export const defaultTaskWait: TaskWaitOptions = { timeoutMs: 30 * 60_000, pollMs: 20, maxPollMs: 5_000 };
 
