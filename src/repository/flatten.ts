@@ -30,11 +30,8 @@ export interface FlattenOptions {
   windowsInFlight?: number;
   /** Zero runs at least this long are skipped; shorter ones inside a window are written as zeros (default 256 KiB). */
   holeBytes?: number;
-  /**
-   * Pieces at least this long are read with O_DIRECT (default 256 KiB; Infinity: never): restored images were
-   * written with O_DIRECT and are rarely in the page cache, and small pieces gain from the page cache's readahead.
-   */
-  directReadMinBytes?: number;
+  /** Read the chain's images with O_DIRECT (default true): restored images are rarely in the page cache. */
+  directReads?: boolean;
 }
 
 export interface FlattenResult {
@@ -280,8 +277,7 @@ export async function flattenImage(sourcePath: string, outPath: string, format: 
   let chain: Qcow2Chain;
   let runs: ChainRun[];
   try {
-    const directReadMinBytes = options.directReadMinBytes ?? 256 * KiB;
-    chain = await Qcow2Chain.open(sourcePath, { signal, directReadMinBytes: Number.isFinite(directReadMinBytes) ? directReadMinBytes : undefined });
+    chain = await Qcow2Chain.open(sourcePath, { signal, directReads: options.directReads ?? true });
     try {
       runs = await chain.runs(signal);
     } catch (err) {
