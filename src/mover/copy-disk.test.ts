@@ -177,7 +177,13 @@ describe('copyDisk into QCOW2 with real qemu-nbd and qemu-img', () => {
     const whole: Region[] = [{ offset: 0, length: SIZE, type: RegionType.Regular }];
     await copyDisk({ source: { socketPath: base.server.socketPath }, regions: whole, sizeBytes: SIZE, target: { path: baseImage } });
     await expectIdentical(base.file, baseImage);
-    const changed = await changeSampleDisk(raw, SIZE, { seed: 'scatter', fraction: 0.1, zeroShare: 0.33 });
+    const scattered = await changeSampleDisk(raw, SIZE, { seed: 'scatter', fraction: 0.1, zeroShare: 0.33 });
+    // The copy starts with zeroed clusters: a first slot that has no data and no buffer.
+    const head: Region = { offset: 0, length: 2 * 65536, type: RegionType.Zeroed };
+    const file = await open(raw, 'r+');
+    await file.write(Buffer.alloc(head.length), 0, head.length, head.offset);
+    await file.close();
+    const changed = [head, ...scattered.flatMap((r) => subtract(r, head))];
     const snap = await snapshot('scatter1.raw');
     const overlay = path.join(dir, 'scatter1.qcow2');
     const { stats, image } = await copyDisk({
