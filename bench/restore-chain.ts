@@ -20,6 +20,7 @@ import { createLogger } from '../src/lib/log.ts';
 import { changeSampleDisk, createSampleDisk, mergeRegions } from '../src/mover/sample-disk.ts';
 import { RegionType, type Region } from '../src/mover/types.ts';
 import { Qcow2Writer, alignedBuffers } from '../src/qcow2/writer.ts';
+import { flattenImage } from '../src/repository/flatten.ts';
 import { beginPoint, restoreDisk, verifyRepository, type RestorePoint, type VmRef } from '../src/repository/index.ts';
 import { vmConfig } from '../src/repository/test-repo.ts';
 import { ddDirect, GiB, machineFacts, median, MiB, sampleLoad, sh, timed, type Timing } from './contenders.ts';
@@ -158,6 +159,7 @@ try {
     images,
     reference,
     ours: [] as Timing[],
+    copyOnly: [] as Timing[],
     candidate: [] as Timing[],
     old: [] as Timing[],
     dd: [] as Timing[],
@@ -190,6 +192,10 @@ try {
       row.ours.push(ours);
       if (round === 0) await sh('qemu-img', ['compare', '-q', '-f', 'raw', '-F', 'raw', out, row.reference]);
       await rm(out, { force: true });
+      // The restore's copy without the verify beside it: what the chain costs the copy itself.
+      await dropCache(row.images);
+      row.copyOnly.push(await timed(() => flattenImage(image, out, 'raw', { logger })));
+      await rm(out, { force: true });
       await dropCache(row.images);
       row.candidate.push(await timed(() => sh('qemu-img', ['convert', '-W', '-m', '8', '-t', 'none', '-f', 'qcow2', '-O', 'raw', image, out])));
       await rm(out, { force: true });
@@ -202,7 +208,7 @@ try {
       await rm(out, { force: true });
       row.verify.push(await timed(() => verifyRepository(vm.repo, { vm: vm.vmUuid, point: row.point.pointId, disk: 0, checksums: false })));
       log(
-        `${row.name} round ${round + 1}: ours ${ours.seconds.toFixed(2)} s (cpu ${ours.cpuSeconds.toFixed(2)}), convert -W -m 8 -t none ${row.candidate.at(-1)!.seconds.toFixed(2)} s` +
+        `${row.name} round ${round + 1}: ours ${ours.seconds.toFixed(2)} s (cpu ${ours.cpuSeconds.toFixed(2)}), its copy alone ${row.copyOnly.at(-1)!.seconds.toFixed(2)} s, convert -W -m 8 -t none ${row.candidate.at(-1)!.seconds.toFixed(2)} s` +
           `${row.old.length ? `, old restore ${row.old.at(-1)!.seconds.toFixed(2)} s` : ''}, dd ${row.dd.at(-1)!.seconds.toFixed(2)} s, verify alone ${row.verify.at(-1)!.seconds.toFixed(2)} s`,
       );
     }
@@ -222,6 +228,9 @@ try {
     oursGiBps: round3(sizeBytes / GiB / secondsOf(row.ours)),
     oursOfDepth1: round3(secondsOf(row.ours) / ours1),
     oursOfFullSameContent: round3(secondsOf(row.ours) / oursFull),
+    copyOnlySeconds: round3(secondsOf(row.copyOnly)),
+    copyOnlyCpuSeconds: round3(cpuOf(row.copyOnly)),
+    copyOnlyOfFullSameContent: round3(secondsOf(row.copyOnly) / secondsOf(rows.at(-1)!.copyOnly)),
     writtenGiB: round3(row.writtenBytes / GiB),
     ddSeconds: round3(secondsOf(row.dd)),
     ddOverOurs: round3(secondsOf(row.dd) / secondsOf(row.ours)),
