@@ -88,6 +88,15 @@ describe('backup faults (v4 over iSCSI)', () => {
     expect((await backup()).point.manifest.type).toBe('incremental');
   });
 
+  it('an iSCSI attach task that fails while changed regions are planned: TaskFailed, nothing orphaned', async () => {
+    await sim.admin.addFaults([{ kind: 'taskFail', match: { path: 'AttachIscsiClient' }, count: 1, message: 'Injected: stargate is busy' }]);
+    await expect(backup()).rejects.toMatchObject({ code: 'TASK_FAILED', message: expect.stringContaining('stargate is busy') });
+    await expectNoStaging();
+    await expectNothingOrphaned();
+    expect((await backup()).point.manifest.type).toBe('incremental');
+    await expectNothingOrphaned();
+  });
+
   it('a short 429 storm is ridden out; an endless one fails clearly and the next run cleans up', async () => {
     await sim.admin.addFaults([{ kind: 'rateLimit', count: 5, retryAfterSeconds: 0 }]);
     expect((await backup()).point.manifest.type).toBe('incremental');
