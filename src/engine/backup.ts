@@ -94,7 +94,8 @@ export async function backupVm(prism: PrismClient, request: BackupRequest): Prom
   const exportTag = exportTagOf(staged.pointId);
   let sweeping: Promise<{ ids: string[] } | { error: unknown }> = Promise.resolve({ ids: [] });
   let preparing: Promise<PreparedExport | undefined>[] = [];
-  let preparationFailed = false;
+  // A preparation that failed other than by refusal may still have made a volume group on Prism's side.
+  let preparationUncertain = false;
   // Exports are released in the background from the end of each disk's copy, beside the commit.
   const releases: Promise<ReleaseOutcome>[] = [];
   try {
@@ -107,7 +108,7 @@ export async function backupVm(prism: PrismClient, request: BackupRequest): Prom
     );
     preparing = vm.disks.map(() =>
       prism.prepareExport({ clusterUuid: vm.cluster.uuid, exportTag, signal }).catch((err: unknown) => {
-        preparationFailed = true;
+        if (!refusedOutright(err)) preparationUncertain = true;
         log.info({ vm: vm.name, err: errorText(err) }, 'export volume group not made ahead: made after the recovery point');
         return undefined;
       }),
@@ -173,8 +174,7 @@ export async function backupVm(prism: PrismClient, request: BackupRequest): Prom
         );
       }
     }
-    // A preparation that failed on our side may still have made a volume group on Prism's.
-    if (preparationFailed) await releaseTagged(prism, exportTag, log, signal);
+    if (preparationUncertain) await releaseTagged(prism, exportTag, log, signal);
     const teardownMs = new Map(released.flatMap((r) => ('ms' in r ? [[r.diskIndex, r.ms] as const] : [])));
     const timings: BackupTimings = {
       prepareMs,
@@ -191,11 +191,14 @@ export async function backupVm(prism: PrismClient, request: BackupRequest): Prom
     return { point, deletedBaseRecoveryPoints, timings };
   } catch (err) {
     // Let running Prism work settle: an export being made or released holds the recovery point's disk.
-    await Promise.all([sweeping, ...preparing]);
-    for (const outcome of await Promise.all(releases)) {
+    const [, ...prepared] = await Promise.all([sweeping, ...preparing]);
+    const released = await Promise.all(releases);
+    for (const outcome of released) {
       if ('error' in outcome) log.warn({ vm: vm.name, disk: outcome.diskIndex, err: errorText(outcome.error) }, 'export not released');
     }
-    await abortAttempt(prism, vm, staged, exportTag, recoveryPoint, log);
+    // Volume groups may be left: prepared ones no disk took over, failed releases, uncertain preparations.
+    const mayLeaveExports = preparationUncertain || prepared.some((p) => p !== undefined) || released.some((r) => 'error' in r);
+    await abortAttempt(prism, vm, staged, mayLeaveExports ? exportTag : undefined, recoveryPoint, log);
     throw err;
   }
 }
@@ -206,7 +209,7 @@ async function releaseTagged(prism: PrismClient, exportTag: string, log: Logger,
     const released = await prism.releaseExportVolumeGroups(exportTag, signal);
     if (released.length) log.info({ exportTag, volumeGroups: released }, 'released leftover export volume groups');
   } catch (err) {
-    log.warn({ exportTag, err: errorText(err) }, 'leftover export volume groups not released: the next backup of this VM releases them');
+    log.warn({ exportTag, err: errorText(err) }, 'leftover export volume groups not released: delete the volume groups named sendense-export-<exportTag>-* in Prism');
   }
 }
 
@@ -317,19 +320,22 @@ function refusedOutright(err: unknown): boolean {
   return isAppError(err) && refusals.includes(err.code);
 }
 
-/** Deletes this attempt's recovery point and staging; whatever cannot be deleted stays journaled for the next run. */
+/**
+ * Deletes this attempt's export volume groups (when `exportTag` says some may be left), recovery point and staging;
+ * whatever cannot be deleted stays journaled for the next run.
+ */
 async function abortAttempt(
   prism: PrismClient,
   vm: Vm,
   staged: repository.StagedPoint,
-  exportTag: string,
+  exportTag: string | undefined,
   recoveryPoint: RecoveryPoint | undefined,
   log: Logger,
 ): Promise<void> {
   // Clean-up must run even when the backup was aborted, but not forever.
   const cleanupSignal = AbortSignal.timeout(120_000);
   // Export volume groups first: they hold the recovery point's disks.
-  await releaseTagged(prism, exportTag, log, cleanupSignal);
+  if (exportTag !== undefined) await releaseTagged(prism, exportTag, log, cleanupSignal);
   try {
     if (recoveryPoint !== undefined || staged.journal.recoveryPointRequestId !== undefined) {
       const deleted = await deleteAttemptRecoveryPoints(prism, vm.uuid, staged.pointId, recoveryPoint?.id, cleanupSignal);
