@@ -10,7 +10,7 @@
  */
 import { constants } from 'node:fs';
 import { open, rm, type FileHandle } from 'node:fs/promises';
-import { AppError, ErrorCode, isAppError, throwIfAborted } from '../lib/errors.ts';
+import { AppError, ErrorCode, abortError, isAppError, throwIfAborted } from '../lib/errors.ts';
 import { createLogger, type Logger } from '../lib/log.ts';
 import { ChainRunKind, Qcow2Chain, type ChainRun } from '../qcow2/chain.ts';
 import { Qcow2Writer, alignedBuffers, DEFAULT_CLUSTER_SIZE } from '../qcow2/writer.ts';
@@ -234,7 +234,7 @@ async function copyChain(chain: Qcow2Chain, windows: Iterable<CopyWindow>, sink:
     while (free.length === 0) await Promise.race(running);
     if (failure) break;
     if (options.signal?.aborted) {
-      failure = { error: new AppError(ErrorCode.Aborted, 'flatten: aborted', { cause: options.signal.reason }) };
+      failure = { error: abortError(options.signal, 'flatten') };
       break;
     }
     const buffer = free.pop()!;
