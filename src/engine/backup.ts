@@ -107,7 +107,7 @@ export async function backupVm(prism: PrismClient, request: BackupRequest): Prom
       (error: unknown) => ({ error }),
     );
     preparing = vm.disks.map(() =>
-      prism.prepareExport({ clusterUuid: vm.cluster.uuid, exportTag, signal }).catch((err: unknown) => {
+      prism.prepareExport({ clusterUuid: vm.cluster.uuid, initiatorName: request.initiatorName, exportTag, signal }).catch((err: unknown) => {
         if (!refusedOutright(err)) preparationUncertain = true;
         log.info({ vm: vm.name, err: errorText(err) }, 'export volume group not made ahead: made after the recovery point');
         return undefined;

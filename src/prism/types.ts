@@ -114,6 +114,8 @@ export interface PreparedExport {
   clusterUuid: string;
   /** The iSCSI target name it was created with. */
   targetName: string;
+  /** The iSCSI initiator already attached to it. */
+  initiatorName: string;
 }
 
 export interface ChangedRegionsRequest {
@@ -152,12 +154,12 @@ export interface PrismClient {
   /** Pages to the end; regions come in ascending offset order. */
   changedRegions(request: ChangedRegionsRequest): AsyncIterable<Region>;
   /**
-   * v4: creates an empty export volume group on `clusterUuid`, named with `exportTag`, while the recovery point is
-   * still being made, so that exportDisk only has to add the disk and attach; v3: nothing to prepare (undefined).
-   * exportDisk takes the group over (and deletes it if the recovery point lies on another cluster); a group never
-   * handed to exportDisk is deleted by releaseExportVolumeGroups(exportTag).
+   * v4: creates an empty export volume group on `clusterUuid`, named with `exportTag`, and attaches `initiatorName`,
+   * while the recovery point is still being made, so that exportDisk only has to add the disk; v3: nothing to
+   * prepare (undefined). exportDisk takes the group over (and deletes it if the recovery point lies on another
+   * cluster); a group never handed to exportDisk is deleted by releaseExportVolumeGroups(exportTag).
    */
-  prepareExport(request: { clusterUuid: string; exportTag?: string; signal?: AbortSignal }): Promise<PreparedExport | undefined>;
+  prepareExport(request: { clusterUuid: string; initiatorName: string; exportTag?: string; signal?: AbortSignal }): Promise<PreparedExport | undefined>;
   /** Makes a disk recovery point readable: an iSCSI LUN through a volume group (v4) or the snapshot file (v3). */
   exportDisk(request: {
     recoveryPoint: RecoveryPoint;

@@ -213,7 +213,7 @@ export class V4Backend {
     }
   }
 
-  async prepareExport(request: { clusterUuid: string; exportTag?: string; signal?: AbortSignal }): Promise<PreparedExport> {
+  async prepareExport(request: { clusterUuid: string; initiatorName: string; exportTag?: string; signal?: AbortSignal }): Promise<PreparedExport> {
     const token = randomUUID();
     const targetName = `sendense-${token.slice(0, 8)}`;
     const what = `create export volume group on cluster ${request.clusterUuid}`;
@@ -228,7 +228,22 @@ export class V4Backend {
       what,
     });
     const task = await waitForV4Task(this.http, created.data.data.extId, what, this.taskWait, request.signal);
-    return { volumeGroupId: createdEntityId(task, 'volumeGroupExtId', 'volumes:config:volume-group', what), clusterUuid: request.clusterUuid, targetName };
+    const volumeGroupId = createdEntityId(task, 'volumeGroupExtId', 'volumes:config:volume-group', what);
+    // Attached while still empty (Prism allows it; the LUN appears when the disk is added), so that an export of a
+    // prepared group only adds the disk.
+    try {
+      await this.runTask(
+        'POST',
+        `${v4Paths.volumeGroups}/${pathSegment(volumeGroupId)}/$actions/attach-iscsi-client`,
+        { iscsiInitiatorName: request.initiatorName },
+        `${what}: attach iSCSI client ${request.initiatorName}`,
+        { signal: request.signal },
+      );
+    } catch (err) {
+      await this.discardVolumeGroup(volumeGroupId);
+      throw err;
+    }
+    return { volumeGroupId, clusterUuid: request.clusterUuid, targetName, initiatorName: request.initiatorName };
   }
 
   async exportDisk(request: {
@@ -253,15 +268,22 @@ export class V4Backend {
       throw err;
     });
     let volumeGroup = prepared;
-    if (volumeGroup && volumeGroup.clusterUuid !== cluster.uuid) {
-      // Prepared on the VM's cluster, but the recovery point lies elsewhere: the LUN must come from its cluster.
+    if (volumeGroup && (volumeGroup.clusterUuid !== cluster.uuid || volumeGroup.initiatorName !== request.initiatorName)) {
+      // Prepared on the VM's cluster, but the recovery point lies elsewhere (the LUN must come from its cluster), or
+      // for another initiator.
       await this.discardVolumeGroup(volumeGroup.volumeGroupId);
       volumeGroup = undefined;
     }
-    volumeGroup ??= await this.prepareExport({ clusterUuid: cluster.uuid, ...(request.exportTag ? { exportTag: request.exportTag } : {}), ...(signal ? { signal } : {}) });
+    volumeGroup ??= await this.prepareExport({
+      clusterUuid: cluster.uuid,
+      initiatorName: request.initiatorName,
+      ...(request.exportTag ? { exportTag: request.exportTag } : {}),
+      ...(signal ? { signal } : {}),
+    });
     const { volumeGroupId: vgId, targetName } = volumeGroup;
     const vgPath = `${v4Paths.volumeGroups}/${pathSegment(vgId)}`;
-    let mayBeAttached = false;
+    // prepareExport attached the initiator.
+    let mayBeAttached = true;
     let iscsiClientId: string | undefined;
     const release = async (releaseSignal?: AbortSignal): Promise<void> => {
       if (mayBeAttached) {
@@ -285,8 +307,6 @@ export class V4Backend {
         `${what}: add disk`,
         { signal },
       );
-      mayBeAttached = true;
-      await this.runTask('POST', `${vgPath}/$actions/attach-iscsi-client`, { iscsiInitiatorName: request.initiatorName }, `${what}: attach iSCSI client`, { signal });
       const [vg, client] = await Promise.all([
         this.http.request({ method: 'GET', path: vgPath, schema: v4Envelope(v4VolumeGroupSchema), retrySafe: true, signal, what: `${what}: read volume group` }),
         this.findIscsiClient(request.initiatorName, what, signal),
@@ -316,17 +336,21 @@ export class V4Backend {
     const released: string[] = [];
     for (const vg of groups) {
       const vgId = vg.extId ?? '';
-      const vgPath = `${v4Paths.volumeGroups}/${pathSegment(vgId)}`;
-      // Prism refuses to delete a volume group that still has a client attached: detach whatever is.
-      const attachments = await this.listAll(`${vgPath}/iscsi-client-attachments`, v4IscsiAttachmentSchema, `${what}: attachments of ${vgId}`, signal);
-      for (const attachment of attachments) {
-        if (!attachment.extId) continue;
-        await this.runTask('POST', `${vgPath}/$actions/detach-iscsi-client`, { extId: attachment.extId }, `${what}: detach from ${vgId}`, { signal, goneOk: true });
-      }
-      await this.deleteWithEtag(vgPath, `${what}: delete ${vgId}`, signal);
+      await this.deleteVolumeGroup(vgId, what, signal);
       released.push(vgId);
     }
     return released;
+  }
+
+  /** Detaches whatever iSCSI clients a volume group lists (Prism refuses to delete it otherwise), then deletes it. */
+  private async deleteVolumeGroup(vgId: string, what: string, signal?: AbortSignal): Promise<void> {
+    const vgPath = `${v4Paths.volumeGroups}/${pathSegment(vgId)}`;
+    const attachments = await this.listAll(`${vgPath}/iscsi-client-attachments`, v4IscsiAttachmentSchema, `${what}: attachments of ${vgId}`, signal);
+    for (const attachment of attachments) {
+      if (!attachment.extId) continue;
+      await this.runTask('POST', `${vgPath}/$actions/detach-iscsi-client`, { extId: attachment.extId }, `${what}: detach from ${vgId}`, { signal, goneOk: true });
+    }
+    await this.deleteWithEtag(vgPath, `${what}: delete ${vgId}`, signal);
   }
 
   /** The cluster holding the recovery point, where its disks can be exported, with its iSCSI data services IP. */
@@ -344,9 +368,9 @@ export class V4Backend {
     return { ...cluster, dataServicesIp: cluster.dataServicesIp };
   }
 
-  /** Deletes a volume group nothing is attached to; a failure is only logged (its name lets releaseExportVolumeGroups find it). */
+  /** Deletes a volume group no disk was added to; a failure is only logged (its name lets releaseExportVolumeGroups find it). */
   private async discardVolumeGroup(vgId: string): Promise<void> {
-    await this.deleteWithEtag(`${v4Paths.volumeGroups}/${pathSegment(vgId)}`, `discard volume group ${vgId}`).catch((err: unknown) =>
+    await this.deleteVolumeGroup(vgId, `discard volume group ${vgId}`).catch((err: unknown) =>
       this.log.warn({ vg: vgId, err: err instanceof Error ? err.message : String(err) }, 'could not remove the export volume group'),
     );
   }

@@ -88,12 +88,23 @@ describe('backup faults (v4 over iSCSI)', () => {
     expect((await backup()).point.manifest.type).toBe('incremental');
   });
 
-  it('an iSCSI attach task that fails while changed regions are planned: TaskFailed, nothing orphaned', async () => {
-    await sim.admin.addFaults([{ kind: 'taskFail', match: { path: 'AttachIscsiClient' }, count: 1, message: 'Injected: stargate is busy' }]);
+  it('adding the disk to the export failing while changed regions are planned: TaskFailed, nothing orphaned', async () => {
+    await sim.admin.addFaults([{ kind: 'taskFail', match: { path: 'CreateVolumeDisk' }, count: 1, message: 'Injected: stargate is busy' }]);
     await expect(backup()).rejects.toMatchObject({ code: 'TASK_FAILED', message: expect.stringContaining('stargate is busy') });
     await expectNoStaging();
     await expectNothingOrphaned();
     expect((await backup()).point.manifest.type).toBe('incremental');
+    await expectNothingOrphaned();
+  });
+
+  it('an export prepared ahead that fails (iSCSI attach) is made again after the recovery point', async () => {
+    await sim.admin.addFaults([{ kind: 'taskFail', match: { path: 'AttachIscsiClient' }, count: 1, message: 'Injected: attach refused' }]);
+    await sim.admin.resetCounters();
+    expect((await backup()).point.manifest.type).toBe('incremental');
+    // Two disks: two groups made and attached ahead, one of them again after its attach failed.
+    const { byRoute } = await sim.admin.counters();
+    expect(byRoute['POST /api/volumes/v4.0/config/volume-groups']).toBe(3);
+    expect(byRoute['POST /api/volumes/v4.0/config/volume-groups/{extId}/$actions/attach-iscsi-client']).toBe(3);
     await expectNothingOrphaned();
   });
 

@@ -1,6 +1,7 @@
 /**
- * prepareExport against the simulator: a volume group made before the recovery point is the one exportDisk fills;
- * one on another cluster than the recovery point, or handed to an export that cannot start, is deleted.
+ * prepareExport against the simulator: a volume group made and attached before the recovery point is the one
+ * exportDisk fills; one on another cluster than the recovery point, or handed to an export that cannot start, is
+ * detached and deleted.
  */
 import { randomUUID } from 'node:crypto';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
@@ -36,10 +37,15 @@ describe('prepareExport (v4)', () => {
     return found;
   };
 
-  it('makes an empty tagged volume group that exportDisk then fills and releases', async () => {
-    const prepared = await prism.prepareExport({ clusterUuid: vm.cluster.uuid, exportTag: 'point-1', signal });
+  it('makes an empty tagged volume group attached to the initiator, which exportDisk then fills and releases', async () => {
+    const prepared = await prism.prepareExport({ clusterUuid: vm.cluster.uuid, initiatorName, exportTag: 'point-1', signal });
     expect(prepared?.clusterUuid).toBe(vm.cluster.uuid);
-    expect((await sim.admin.state()).volumeGroups).toEqual([expect.objectContaining({ extId: prepared?.volumeGroupId, disks: 0, name: expect.stringMatching(/^sendense-export-point-1-/) })]);
+    // Attached while empty: no iSCSI target until the disk is added.
+    const before = await sim.admin.state();
+    expect(before.volumeGroups).toEqual([
+      expect.objectContaining({ extId: prepared?.volumeGroupId, disks: 0, attachedInitiators: [initiatorName], name: expect.stringMatching(/^sendense-export-point-1-/) }),
+    ]);
+    expect(before.iscsiTargets).toEqual([]);
 
     const exported = await prism.exportDisk({ recoveryPoint: rp, disk: disk(), initiatorName, exportTag: 'point-1', ...(prepared ? { prepared } : {}), signal });
     expect(exported.kind).toBe('iscsi');
@@ -53,7 +59,7 @@ describe('prepareExport (v4)', () => {
   it('deletes a volume group prepared on another cluster than the recovery point and exports from the right one', async () => {
     const otherCluster = (await prism.capabilities(signal)).clusters.find((c) => !c.isPrismCentral && c.uuid !== rp.clusterUuid);
     if (!otherCluster) throw new Error('the simulator has no second cluster');
-    const misplaced = await prism.prepareExport({ clusterUuid: otherCluster.uuid, exportTag: 'point-2', signal });
+    const misplaced = await prism.prepareExport({ clusterUuid: otherCluster.uuid, initiatorName, exportTag: 'point-2', signal });
     const exported = await prism.exportDisk({ recoveryPoint: rp, disk: disk(), initiatorName, exportTag: 'point-2', ...(misplaced ? { prepared: misplaced } : {}), signal });
     const groups = (await sim.admin.state()).volumeGroups;
     expect(groups).toHaveLength(1);
@@ -63,7 +69,7 @@ describe('prepareExport (v4)', () => {
   });
 
   it('deletes the prepared volume group when the export cannot start', async () => {
-    const prepared = await prism.prepareExport({ clusterUuid: vm.cluster.uuid, exportTag: 'point-3', signal });
+    const prepared = await prism.prepareExport({ clusterUuid: vm.cluster.uuid, initiatorName, exportTag: 'point-3', signal });
     const notV4 = { diskUuid: disk().diskUuid };
     await expect(prism.exportDisk({ recoveryPoint: rp, disk: notV4, initiatorName, ...(prepared ? { prepared } : {}), signal })).rejects.toMatchObject({ code: 'INVALID_INPUT' });
     expect((await sim.admin.state()).volumeGroups).toEqual([]);
