@@ -148,7 +148,12 @@ export async function resolvePoint(vm: VmRef, idOrLatest = 'latest'): Promise<Re
 
 /** The point and its ancestors down to the full, top first; a missing or unreadable parent is an Integrity error. */
 export async function pointChain(vm: VmRef, pointId: string): Promise<RestorePoint[]> {
-  const byId = new Map((await listVmPoints(vm)).map((p) => [p.pointId, p]));
+  return chainOf(await listVmPoints(vm), pointId);
+}
+
+/** The same from points already read: `pointId` first, then its parent, down to its full. */
+export function chainOf(points: readonly RestorePoint[], pointId: string): RestorePoint[] {
+  const byId = new Map(points.map((p) => [p.pointId, p]));
   const chain: RestorePoint[] = [];
   let id: string | null = pointId;
   while (id !== null) {

@@ -82,9 +82,13 @@ describe('verify', () => {
     ).rejects.toMatchObject({ code: 'INTEGRITY' });
   });
 
-  it('reports qemu-img check corruption with its message', async () => {
-    const [full] = points;
-    const image = join(pointDir(vm, full!.pointId), 'disk-1.qcow2');
+  // The top's disk 1 is an overlay, checked without opening its backing file: its own metadata still is.
+  it.each([
+    { which: 'the full', index: 0, guestOffset: MiB },
+    { which: 'the top incremental', index: 2, guestOffset: 0 },
+  ])('reports qemu-img check corruption in $which with its message', async ({ index, guestOffset }) => {
+    const damaged = points[index]!;
+    const image = join(pointDir(vm, damaged.pointId), 'disk-1.qcow2');
     // Zero the refcount of the first data cluster: header field refcount_table_offset (bytes 48..55) → first
     // refcount block → 16-bit entry of that cluster.
     const file = await open(image, 'r+');
@@ -95,14 +99,14 @@ describe('verify', () => {
       const refcountTable = Number(header.readBigUInt64BE(48));
       const entry = Buffer.alloc(8);
       await file.read(entry, 0, 8, refcountTable);
-      const dataCluster = (await hostOffsetOf(image, MiB)) >> clusterBits;
+      const dataCluster = (await hostOffsetOf(image, guestOffset)) >> clusterBits;
       await file.write(Buffer.alloc(2), 0, 2, Number(entry.readBigUInt64BE(0)) + dataCluster * 2);
     } finally {
       await file.close();
     }
     const report = await verifyRepository(vm.repo, { checksums: false });
     expect(report.issues).toHaveLength(1);
-    expect(report.issues[0]).toMatchObject({ kind: 'image-check', pointId: full!.pointId, diskIndex: 1 });
+    expect(report.issues[0]).toMatchObject({ kind: 'image-check', pointId: damaged.pointId, diskIndex: 1 });
     expect(report.issues[0]!.message).toMatch(/refcount=0 reference=1/);
   });
 
