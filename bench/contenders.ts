@@ -97,6 +97,11 @@ export async function timed(fn: () => Promise<unknown>): Promise<Timing> {
 }
 
 /** Runs a tool to completion; a non-zero exit rejects with its stderr. */
+/** posix_fadvise(DONTNEED) through dd: only these files leave the page cache, so a read measures the disk. */
+export async function dropFromPageCache(files: readonly string[]): Promise<void> {
+  for (const file of files) await sh('dd', [`if=${file}`, 'iflag=nocache', 'count=0', 'status=none']);
+}
+
 export async function sh(cmd: string, argv: string[], env?: Record<string, string>): Promise<string> {
   return new Promise((resolve, reject) => {
     const child = spawn(cmd, argv, { stdio: ['ignore', 'pipe', 'pipe'], env: { ...process.env, ...env } });

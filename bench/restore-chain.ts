@@ -23,7 +23,7 @@ import { Qcow2Writer, alignedBuffers } from '../src/qcow2/writer.ts';
 import { flattenImage } from '../src/repository/flatten.ts';
 import { beginPoint, restoreDisk, verifyRepository, type RestorePoint, type VmRef } from '../src/repository/index.ts';
 import { vmConfig } from '../src/repository/test-repo.ts';
-import { ddDirect, GiB, machineFacts, median, MiB, sampleLoad, sh, timed, type Timing } from './contenders.ts';
+import { ddDirect, dropFromPageCache, GiB, machineFacts, median, MiB, sampleLoad, sh, timed, type Timing } from './contenders.ts';
 
 const { values } = parseArgs({
   options: {
@@ -172,10 +172,8 @@ try {
     ...depths.map((depth) => newRow(`depth ${depth}`, chain[depth - 1]!, chain.slice(0, depth).map(imageOf), referenceAt.get(depth)!)),
     newRow(`full of depth ${deepest}'s content`, fullOfDeepest, [imageOf(fullOfDeepest)], referenceAt.get(deepest)!),
   ];
-  // posix_fadvise(DONTNEED) of each image: only these files leave the page cache.
   const dropCache = async (images: string[]) => {
-    if (args.warm) return;
-    for (const image of images) await sh('dd', [`if=${image}`, 'iflag=nocache', 'count=0', 'status=none']);
+    if (!args.warm) await dropFromPageCache(images);
   };
   for (let round = 0; round < args.runs; round++) {
     for (let k = 0; k < rows.length; k++) {

@@ -25,7 +25,7 @@ import { RegionType, type Region } from '../src/mover/types.ts';
 import { createPrismClient } from '../src/prism/client.ts';
 import { Consistency, type PrismClient } from '../src/prism/types.ts';
 import { restoreDisk, verifyRepository, type RestorePoint } from '../src/repository/index.ts';
-import { ddDirect, GiB, machineFacts, median, MiB, nbdcopyToQcow2, nbdUri, qemuImgConvert, sampleLoad, sh, timed, type Timing } from './contenders.ts';
+import { ddDirect, dropFromPageCache, GiB, machineFacts, median, MiB, nbdcopyToQcow2, nbdUri, qemuImgConvert, sampleLoad, sh, timed, type Timing } from './contenders.ts';
 
 const { values } = parseArgs({
   options: {
@@ -247,23 +247,34 @@ try {
     pointAtDepth.push((await backup('v3', 'incremental')).point);
     if (depth % 5 === 0) log(`chain depth ${depth}`);
   }
+  // The chain's incrementals also add data, so depth N restores more bytes than depth 1: a full of the deepest
+  // point's content (the live disk, unwritten since) in the v4 repository isolates the cost of depth itself.
+  const fullOfDeepest = (await backup('v4', 'full')).point;
+  const imageOf = (point: RestorePoint) => path.join(point.dir, point.manifest.disks[0]!.image);
   const restoreOut = path.join(work, 'restored.raw');
-  const restores = depths.map((depth) => ({ depth, point: pointAtDepth[depth - 1]!, timings: [] as Timing[], direct: [] as Timing[], verify: [] as Timing[] }));
+  const restoreCase = (label: string, repo: string, point: RestorePoint, images: string[]) => ({ label, repo, point, images, timings: [] as Timing[], direct: [] as Timing[], verify: [] as Timing[] });
+  const restores = [
+    ...depths.map((depth) => restoreCase(`depth ${depth}`, repoFor.v3, pointAtDepth[depth - 1]!, pointAtDepth.slice(0, depth).map(imageOf))),
+    restoreCase(`full of depth ${maxDepth}'s content`, repoFor.v4, fullOfDeepest, [imageOf(fullOfDeepest)]),
+  ];
   for (let round = 0; round < runs; round++) {
     for (let k = 0; k < restores.length; k++) {
       const r = restores[(k + round) % restores.length]!;
+      // Every contender reads the chain from the disk, not from what the previous one left in the page cache.
       await rm(restoreOut, { force: true });
-      const t = await timed(() => restoreDisk({ repo: repoFor.v3, vm, point: r.point.pointId, diskIndex: 0, out: restoreOut, format: 'raw' }));
+      await dropFromPageCache(r.images);
+      const t = await timed(() => restoreDisk({ repo: r.repo, vm, point: r.point.pointId, diskIndex: 0, out: restoreOut, format: 'raw' }));
       r.timings.push(t);
       // Candidate: the same chain flattened with parallel, out-of-order, O_DIRECT writes (durable: qemu-img flushes at close).
       await rm(restoreOut, { force: true });
-      const image = path.join(r.point.dir, r.point.manifest.disks[0]!.image);
-      const d = await timed(() => sh('qemu-img', ['convert', '-W', '-m', '8', '-t', 'none', '-f', 'qcow2', '-O', 'raw', image, restoreOut]));
+      await dropFromPageCache(r.images);
+      const d = await timed(() => sh('qemu-img', ['convert', '-W', '-m', '8', '-t', 'none', '-f', 'qcow2', '-O', 'raw', imageOf(r.point), restoreOut]));
       r.direct.push(d);
-      // The check restore runs before converting, alone: how much of the restore it is.
-      const v = await timed(() => verifyRepository(repoFor.v3, { vm, point: r.point.pointId, disk: 0, checksums: false }));
+      // The restore verifies the chain beside its copy; alone, to show its share.
+      await dropFromPageCache(r.images);
+      const v = await timed(() => verifyRepository(r.repo, { vm, point: r.point.pointId, disk: 0, checksums: false }));
       r.verify.push(v);
-      log(`restore depth ${r.depth} round ${round + 1}: ${t.seconds.toFixed(2)} s (cpu ${t.cpuSeconds.toFixed(2)} s), its verify alone ${v.seconds.toFixed(2)} s; qemu-img convert -W -m 8 -t none ${d.seconds.toFixed(2)} s`);
+      log(`restore ${r.label} round ${round + 1}: ${t.seconds.toFixed(2)} s (cpu ${t.cpuSeconds.toFixed(2)} s), its verify alone ${v.seconds.toFixed(2)} s; qemu-img convert -W -m 8 -t none ${d.seconds.toFixed(2)} s`);
     }
   }
   // The deepest restore is the live disk now (no write since its backup): bit-exact.
@@ -318,19 +329,21 @@ try {
       runsSeconds: list.map((t) => round3(t.seconds)),
     };
   });
+  const sameContent = restores.at(-1)!;
   const restoreRows = restores.map((r) => ({
-    depth: r.depth,
+    restore: r.label,
     medianSeconds: round3(secondsOf(r)),
     medianCpuSeconds: round3(cpuOf(r)),
     logicalGiBps: round3(sizeBytes / GiB / secondsOf(r)),
     overDepth1: round3(secondsOf(r) / secondsOf(restores[0]!)),
+    overFullOfSameContent: round3(secondsOf(r) / secondsOf(sameContent)),
     runsSeconds: r.timings.map((t) => round3(t.seconds)),
     medianCpuByOwner: medianByOwner(r.timings),
     verifyAloneSeconds: round3(median(r.verify.map((t) => t.seconds))),
     candidateConvertDirectSeconds: round3(median(r.direct.map((t) => t.seconds))),
     candidateOverDepth1: round3(median(r.direct.map((t) => t.seconds)) / median(restores[0]!.direct.map((t) => t.seconds))),
   }));
-  const deepest = restoreRows.at(-1)!;
+  const deepest = restoreRows.at(-2)!;
   const targets = [
     ...(['v4', 'v3'] as const).flatMap((api) => {
       const row = fullRows.find((r) => r.name.startsWith(`ours: backup full, ${api}`))!;
@@ -345,7 +358,8 @@ try {
       { target: `incremental (${i.api}) takes ≤ 10 % of the full's time`, value: i.timeOverFull, limit: 0.1, met: i.timeOverFull <= 0.1 },
       { target: `incremental (${i.api}) copy phase ≤ 10 % of the full's copy phase`, value: i.copyOverFullCopy, limit: 0.1, met: i.copyOverFullCopy <= 0.1 },
     ]),
-    { target: `restore depth ${deepest.depth} ≤ 1.5 × depth ${restoreRows[0]!.depth}`, value: deepest.overDepth1, limit: 1.5, met: deepest.overDepth1 <= 1.5 },
+    { target: `restore ${deepest.restore} ≤ 1.5 × ${restoreRows[0]!.restore}`, value: deepest.overDepth1, limit: 1.5, met: deepest.overDepth1 <= 1.5 },
+    { target: `restore ${deepest.restore} ≤ 1.5 × a full of the same content`, value: deepest.overFullOfSameContent, limit: 1.5, met: deepest.overFullOfSameContent <= 1.5 },
     { target: `same for the candidate (convert -W -m 8 -t none)`, value: deepest.candidateOverDepth1, limit: 1.5, met: deepest.candidateOverDepth1 <= 1.5 },
   ];
   const result = {
@@ -374,7 +388,7 @@ try {
   console.log();
   console.log(table(['incremental', 'median s', 'CPU s', 'changed MiB (of which zero)', 'transferred MiB', 'transferred / changed', 'time / full', 'copy s', 'copy / full copy'], incrementalRows.map((r) => [r.api, r.medianSeconds, r.medianCpuSeconds, `${(median(r.changedBytes) / MiB).toFixed(1)} (${(median(r.changedZeroBytes) / MiB).toFixed(1)})`, (median(r.transferredBytes) / MiB).toFixed(1), r.transferredOverChanged, r.timeOverFull, r.medianCopySeconds, r.copyOverFullCopy])));
   console.log();
-  console.log(table(['restore (raw, durable)', 'median s', 'CPU s', 'GiB/s logical', 'time / depth 1', 'its verify alone, s', 'candidate: convert -W -m 8 -t none, s', 'candidate / its depth 1'], restoreRows.map((r) => [`depth ${r.depth}`, r.medianSeconds, r.medianCpuSeconds, r.logicalGiBps, r.overDepth1, r.verifyAloneSeconds, r.candidateConvertDirectSeconds, r.candidateOverDepth1])));
+  console.log(table(['restore (raw, durable, cold cache)', 'median s', 'CPU s', 'GiB/s logical', 'time / depth 1', 'time / full of same content', 'its verify alone, s', 'candidate: convert -W -m 8 -t none, s', 'candidate / its depth 1'], restoreRows.map((r) => [r.restore, r.medianSeconds, r.medianCpuSeconds, r.logicalGiBps, r.overDepth1, r.overFullOfSameContent, r.verifyAloneSeconds, r.candidateConvertDirectSeconds, r.candidateOverDepth1])));
   console.log();
   console.log(table(['target', 'measured', 'limit', 'met'], targets.map((t) => [t.target, t.value, t.limit, t.met ? 'yes' : 'NO'])));
   const outDir = path.join(import.meta.dirname, 'out');
