@@ -88,8 +88,11 @@ export async function backupVm(prism: PrismClient, request: BackupRequest): Prom
   const { base, reason: typeReason } = await chooseBase(prism, request.mode, previous, signal);
   const consistencyPlan = planConsistency(request.consistency, vm.name, vm.ngt);
 
-  const staged = await repository.beginPoint(vmRef, { parentPointId: base?.previous.pointId ?? null, signal, logger: log });
+  // The idempotency key goes into the staging's first journal write: no journal write of its own before the request.
+  const requestId = randomUUID();
+  const staged = await repository.beginPoint(vmRef, { parentPointId: base?.previous.pointId ?? null, recoveryPointRequestId: requestId, signal, logger: log });
   let recoveryPoint: RecoveryPoint | undefined;
+  let recoveryPointRequested = false;
   // The export volume groups carry the attempt's tag: whatever this attempt leaves, its next run finds.
   const exportTag = exportTagOf(staged.pointId);
   let sweeping: Promise<{ ids: string[] } | { error: unknown }> = Promise.resolve({ ids: [] });
@@ -115,8 +118,7 @@ export async function backupVm(prism: PrismClient, request: BackupRequest): Prom
     );
     const prepareMs = msSince(start);
     const recoveryPointStart = performance.now();
-    const requestId = randomUUID();
-    await staged.recordRecoveryPointRequest(requestId);
+    recoveryPointRequested = true;
     try {
       recoveryPoint = await prism.createRecoveryPoint({
         vm,
@@ -129,8 +131,7 @@ export async function backupVm(prism: PrismClient, request: BackupRequest): Prom
       if (refusedOutright(err)) await staged.settleRecoveryPointRequest();
       throw err;
     }
-    await staged.addResource({ kind: 'recovery-point', id: recoveryPoint.id, detail: { generation: recoveryPoint.generation } });
-    await staged.settleRecoveryPointRequest();
+    await staged.recordRecoveryPoint({ kind: 'recovery-point', id: recoveryPoint.id, detail: { generation: recoveryPoint.generation } });
     const swept = await sweeping;
     if ('error' in swept) throw swept.error;
     if (swept.ids.length) log.info({ vm: vm.name, recoveryPoints: swept.ids }, 'deleted stale recovery points of earlier backups');
@@ -198,7 +199,7 @@ export async function backupVm(prism: PrismClient, request: BackupRequest): Prom
     }
     // Volume groups may be left: prepared ones no disk took over, failed releases, uncertain preparations.
     const mayLeaveExports = preparationUncertain || prepared.some((p) => p !== undefined) || released.some((r) => 'error' in r);
-    await abortAttempt(prism, vm, staged, mayLeaveExports ? exportTag : undefined, recoveryPoint, log);
+    await abortAttempt(prism, vm, staged, mayLeaveExports ? exportTag : undefined, { recoveryPoint, requested: recoveryPointRequested }, log);
     throw err;
   }
 }
@@ -329,7 +330,7 @@ async function abortAttempt(
   vm: Vm,
   staged: repository.StagedPoint,
   exportTag: string | undefined,
-  recoveryPoint: RecoveryPoint | undefined,
+  { recoveryPoint, requested }: { recoveryPoint: RecoveryPoint | undefined; /** The recovery point request was sent. */ requested: boolean },
   log: Logger,
 ): Promise<void> {
   // Clean-up must run even when the backup was aborted, but not forever.
@@ -337,6 +338,8 @@ async function abortAttempt(
   // Export volume groups first: they hold the recovery point's disks.
   if (exportTag !== undefined) await releaseTagged(prism, exportTag, log, cleanupSignal);
   try {
+    // A request id journaled but never sent: nothing can exist on Nutanix under it.
+    if (!requested) await staged.settleRecoveryPointRequest();
     if (recoveryPoint !== undefined || staged.journal.recoveryPointRequestId !== undefined) {
       const deleted = await deleteAttemptRecoveryPoints(prism, vm.uuid, staged.pointId, recoveryPoint?.id, cleanupSignal);
       for (const id of deleted) await staged.removeResource('recovery-point', id);

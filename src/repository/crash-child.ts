@@ -8,8 +8,7 @@ import { MiB, qemuIo } from './test-repo.ts';
 
 const [repo, clusterUuid, vmUuid] = z.tuple([z.string().min(1), z.string().min(1), z.string().min(1)]).parse(process.argv.slice(2));
 const vm = { repo, clusterUuid, vmUuid };
-const staged = await beginPoint(vm, { parentPointId: null });
-await staged.recordRecoveryPointRequest('request-1');
+const staged = await beginPoint(vm, { parentPointId: null, recoveryPointRequestId: 'request-1' });
 await staged.addResource({ kind: 'recovery-point', id: 'rp-1', detail: { generation: 'v4' } });
 await staged.addResource({ kind: 'volume-group', id: 'vg-1' });
 const image = await staged.createDiskImage(0, 16 * MiB, { overlay: false });

@@ -52,8 +52,11 @@ export async function writeFileDurable(path: string, data: string | Uint8Array, 
   }
 }
 
-/** Replaces `path` in one step: readers see the old or the new content, never a torn one. */
-export async function writeFileAtomic(dir: string, name: string, data: string): Promise<void> {
+/**
+ * Replaces `path` in one step: readers see the old or the new content, never a torn one. `syncDir: false` leaves
+ * the rename's durability to a caller that fsyncs `dir` itself afterwards (one fsync for several steps).
+ */
+export async function writeFileAtomic(dir: string, name: string, data: string, options: { syncDir?: boolean } = {}): Promise<void> {
   // Unique per writer: processes in different pods sharing a volume may well have the same pid.
   const temp = join(dir, `.${name}.tmp-${process.pid}-${randomBytes(4).toString('hex')}`);
   await writeFileDurable(temp, data);
@@ -63,10 +66,13 @@ export async function writeFileAtomic(dir: string, name: string, data: string): 
     await rm(temp, { force: true });
     throw fsError(err, 'rename', join(dir, name));
   }
-  await fsyncPath(dir);
+  if (options.syncDir ?? true) await fsyncPath(dir);
 }
 
-/** fsyncs every regular file and folder below `dir`, then `dir` itself. */
+/**
+ * fsyncs every regular file and folder below `dir`, then `dir` itself. The entries are synced at once (each is
+ * a thread-pool round trip, mostly with nothing left to write); `dir` only after all of them.
+ */
 export async function fsyncTree(dir: string): Promise<void> {
   let entries;
   try {
@@ -74,11 +80,13 @@ export async function fsyncTree(dir: string): Promise<void> {
   } catch (err) {
     throw fsError(err, 'list', dir);
   }
-  for (const entry of entries) {
-    const path = join(dir, entry.name);
-    if (entry.isDirectory()) await fsyncTree(path);
-    else if (entry.isFile()) await fsyncPath(path);
-  }
+  await Promise.all(
+    entries.map((entry) => {
+      const path = join(dir, entry.name);
+      if (entry.isDirectory()) return fsyncTree(path);
+      return entry.isFile() ? fsyncPath(path) : undefined;
+    }),
+  );
   await fsyncPath(dir);
 }
 

@@ -39,7 +39,8 @@ import {
   type RecoveryPointRef,
   type VmConfig,
 } from './manifest.ts';
-import { checkImage, createQcow2, imageInfo } from './qemu-img.ts';
+import { Qcow2Layer } from '../qcow2/reader.ts';
+import { checkImage, createQcow2, type ImageCheck } from './qemu-img.ts';
 import { readManifest, type RestorePoint } from './points.ts';
 
 export interface StagedDisk {
@@ -67,6 +68,19 @@ export interface CommitRequest {
   consistency: Manifest['consistency'];
   recoveryPoint: RecoveryPointRef;
   signal?: AbortSignal;
+}
+
+/**
+ * Virtual size and backing file name from an image's qcow2 header, read in this process: a `qemu-img info` child
+ * costs a fork of this (large) process for two header fields. The image's consistency is qemu-img check's job.
+ */
+async function readImageHeader(path: string): Promise<{ sizeBytes: number; backingFile: string | null }> {
+  const layer = await Qcow2Layer.open(path);
+  try {
+    return { sizeBytes: layer.sizeBytes, backingFile: layer.backingFile ?? null };
+  } finally {
+    await layer.close();
+  }
 }
 
 function backingFileOf(pointId: string, parentPointId: string | null, index: number): string {
@@ -100,9 +114,10 @@ export async function stagedCopyTarget(
       hint: 'the previous point has no such disk; back this disk up in full',
     });
   }
-  const parentInfo = await imageInfo(parentImage, options.signal);
-  if (parentInfo['virtual-size'] !== sizeBytes) {
-    throw new AppError(ErrorCode.Repository, `disk ${index}: parent image is ${parentInfo['virtual-size']} bytes, the disk is ${sizeBytes}`, {
+  throwIfAborted(options.signal, `disk ${index}: overlay target`);
+  const parent = await readImageHeader(parentImage);
+  if (parent.sizeBytes !== sizeBytes) {
+    throw new AppError(ErrorCode.Repository, `disk ${index}: parent image is ${parent.sizeBytes} bytes, the disk is ${sizeBytes}`, {
       hint: 'a resized disk needs a full backup',
     });
   }
@@ -190,17 +205,18 @@ export class StagedPoint {
     return target.path;
   }
 
-  /** Records the idempotency key before the recovery point is requested, so a crash during the call is covered. */
-  async recordRecoveryPointRequest(requestId: string): Promise<void> {
-    this.#journal.recoveryPointRequestId = requestId;
-    await this.#writeJournal();
-  }
-
   /**
    * The recovery point request has a known outcome (recorded as a resource, refused outright, or deleted): no
    * recovery point of this attempt can exist on Nutanix beyond the recorded resources.
    */
   async settleRecoveryPointRequest(): Promise<void> {
+    delete this.#journal.recoveryPointRequestId;
+    await this.#writeJournal();
+  }
+
+  /** The requested recovery point exists: recorded, and the request settled, in one journal write. */
+  async recordRecoveryPoint(resource: JournalResource): Promise<void> {
+    this.#journal.resources.push(resource);
     delete this.#journal.recoveryPointRequestId;
     await this.#writeJournal();
   }
@@ -227,8 +243,8 @@ export class StagedPoint {
   }
 
   /**
-   * Makes the point visible: checks every image against what was staged, writes the manifest, fsyncs every file
-   * and folder, renames staging → final and fsyncs the VM folder. Refused while volume groups or iSCSI
+   * Makes the point visible: checks every image against what was staged (qemu-img check beside the other steps),
+   * writes the manifest, fsyncs every file and folder, renames staging → final and fsyncs the VM folder. Refused while volume groups or iSCSI
    * attachments are still recorded: those must be released first.
    */
   async commit(request: CommitRequest): Promise<RestorePoint> {
@@ -242,24 +258,47 @@ export class StagedPoint {
     }
     const disks = [...this.#disks.values()].sort((a, b) => a.index - b.index);
     if (disks.length === 0) throw new AppError(ErrorCode.Internal, `commit of ${this.pointId}: no disk was written`);
-    for (const disk of disks) {
-      const check = await checkImage(join(this.dir, disk.image), request.signal);
-      if (!check.ok) {
-        throw new AppError(ErrorCode.Integrity, `disk ${disk.index}: qemu-img check of the new image fails: ${check.message}`, {
-          hint: 'the image writer produced a damaged qcow2; the point is not committed',
-        });
+    // qemu-img check (a child process each) runs beside the manifest write and the fsyncs: only the rename into
+    // place, which makes the point visible, waits for it. A staging folder with a manifest is still no point.
+    const checks = disks.map((disk) =>
+      checkImage(join(this.dir, disk.image), request.signal).then(
+        (check) => ({ check }),
+        (error: unknown) => ({ error }),
+      ),
+    );
+    try {
+      let manifest: Manifest;
+      try {
+        manifest = await this.#stageManifest(disks, request);
+      } catch (err) {
+        // A damaged image is better told by qemu-img check than by the header read.
+        await this.#assertChecked(disks, checks);
+        throw err;
       }
-      const top = await imageInfo(join(this.dir, disk.image), request.signal);
-      if (top['virtual-size'] !== disk.logicalSizeBytes) {
-        throw new AppError(ErrorCode.Integrity, `disk ${disk.index}: image is ${top['virtual-size']} bytes, expected ${disk.logicalSizeBytes}`);
+      await fsyncTree(this.dir);
+      await this.#assertChecked(disks, checks);
+      throwIfAborted(request.signal, `commit of ${this.pointId}`);
+      return await this.#publish(manifest);
+    } finally {
+      await Promise.all(checks);
+    }
+  }
+
+  /** Reads each image's header, then writes the manifest into the staging folder (its folder is fsynced later). */
+  async #stageManifest(disks: ManifestDisk[], request: CommitRequest): Promise<Manifest> {
+    const headers = await Promise.all(disks.map((disk) => readImageHeader(join(this.dir, disk.image))));
+    disks.forEach((disk, i) => {
+      const header = headers[i] as Awaited<ReturnType<typeof readImageHeader>>;
+      if (header.sizeBytes !== disk.logicalSizeBytes) {
+        throw new AppError(ErrorCode.Integrity, `disk ${disk.index}: image is ${header.sizeBytes} bytes, expected ${disk.logicalSizeBytes}`);
       }
-      disk.backingFile = top['backing-filename'] ?? null;
+      disk.backingFile = header.backingFile;
       if (disk.backingFile !== null && disk.backingFile !== this.backingFileFor(disk.index)) {
         throw new AppError(ErrorCode.Integrity, `disk ${disk.index}: backing file ${disk.backingFile} is not the parent's image`, {
           hint: `an overlay must name ${this.backingFileFor(disk.index)} (relative) as its backing file`,
         });
       }
-    }
+    });
     const parsed = ManifestSchema.safeParse({
       apiVersion: manifestApiVersion,
       pointId: this.pointId,
@@ -282,9 +321,24 @@ export class StagedPoint {
     if ((manifest.type === 'full') !== (manifest.parentPointId === null)) {
       throw new AppError(ErrorCode.Internal, `commit of ${this.pointId}: type ${manifest.type} but ${manifest.parentPointId ? 'disks are overlays' : 'no disk is an overlay'}`);
     }
-    await writeFileAtomic(this.dir, manifestFileName, `${JSON.stringify(manifest, null, 2)}\n`);
-    await fsyncTree(this.dir);
-    throwIfAborted(request.signal, `commit of ${this.pointId}`);
+    await writeFileAtomic(this.dir, manifestFileName, `${JSON.stringify(manifest, null, 2)}\n`, { syncDir: false });
+    return manifest;
+  }
+
+  async #assertChecked(disks: ManifestDisk[], checks: Promise<{ check: ImageCheck } | { error: unknown }>[]): Promise<void> {
+    const outcomes = await Promise.all(checks);
+    outcomes.forEach((outcome, i) => {
+      if ('error' in outcome) throw outcome.error;
+      if (!outcome.check.ok) {
+        throw new AppError(ErrorCode.Integrity, `disk ${disks[i]?.index}: qemu-img check of the new image fails: ${outcome.check.message}`, {
+          hint: 'the image writer produced a damaged qcow2; the point is not committed',
+        });
+      }
+    });
+  }
+
+  /** Renames staging → final (the point is visible from then on) and fsyncs the VM folder. */
+  async #publish(manifest: Manifest): Promise<RestorePoint> {
     const finalDir = pointDir(this.vm, this.pointId);
     try {
       await rename(this.dir, finalDir);
@@ -335,10 +389,12 @@ export class StagedPoint {
 /**
  * Starts a restore point: takes the VM lock (held until commit/abort), creates the staging folder and writes its
  * journal first. `parentPointId` is the committed point incrementals chain onto, or null for a full.
+ * `recoveryPointRequestId` goes into that first journal write (the idempotency key must be durable before the request, so a crash during the call is covered), so
+ * the recovery point can be requested without another one; a caller that ends up not sending the request settles it.
  */
 export async function beginPoint(
   vm: VmRef,
-  options: { parentPointId: string | null; now?: Date; signal?: AbortSignal; logger?: Logger },
+  options: { parentPointId: string | null; recoveryPointRequestId?: string; now?: Date; signal?: AbortSignal; logger?: Logger },
 ): Promise<StagedPoint> {
   throwIfAborted(options.signal, 'begin restore point');
   const dir = vmDir(vm);
@@ -360,6 +416,7 @@ export async function beginPoint(
       pid: process.pid,
       hostname: hostname(),
       startedAt: createdAt.toISOString(),
+      ...(options.recoveryPointRequestId !== undefined ? { recoveryPointRequestId: options.recoveryPointRequestId } : {}),
       resources: [],
     };
     const staged = new StagedPoint(vm, pointId, options.parentPointId, createdAt, journal, lock, options.logger);
