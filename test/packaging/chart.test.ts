@@ -121,7 +121,7 @@ describe('Helm chart helm/sendense-nutanix', () => {
     ]);
     expect(container.livenessProbe.httpGet).toEqual({ path: '/healthz', port: 'health' });
     expect(container.readinessProbe.httpGet).toEqual({ path: '/readyz', port: 'health' });
-    expect(container.resources.requests).toEqual({ cpu: '50m', memory: '128Mi' });
+    expect(container.resources.requests).toEqual({ cpu: '50m', memory: '192Mi' });
     expect(container.volumeMounts).toEqual([{ name: 'tmp', mountPath: '/tmp' }]);
 
     const env = envOf(container);
