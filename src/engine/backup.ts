@@ -69,7 +69,7 @@ interface DiskOutcome {
 }
 
 interface Base {
-  previous: NonNullable<Awaited<ReturnType<typeof repository.previousPoint>>>;
+  previous: repository.PreviousPoint;
   recoveryPoint: RecoveryPoint;
 }
 
@@ -84,15 +84,16 @@ export async function backupVm(prism: PrismClient, request: BackupRequest): Prom
   const vmRef: repository.VmRef = { repo: request.repo, clusterUuid: vm.cluster.uuid, vmUuid: vm.uuid };
   await repository.recoverLeftovers(vmRef, (leftover) => releaseLeftover(prism, vm.uuid, leftover, signal), { logger: log });
 
-  const previous = await repository.previousPoint(vmRef);
-  const { base, reason: typeReason } = await chooseBase(prism, request.mode, previous, signal);
+  // The points are listed once: the newest is the base, the others' recovery points are swept below.
+  const points = await repository.listVmPoints(vmRef);
+  const previous = repository.previousOf(points);
   const consistencyPlan = planConsistency(request.consistency, vm.name, vm.ngt);
-
   // The idempotency key goes into the staging's first journal write: no journal write of its own before the request.
   const requestId = randomUUID();
-  const staged = await repository.beginPoint(vmRef, { parentPointId: base?.previous.pointId ?? null, recoveryPointRequestId: requestId, signal, logger: log });
+  const { base, typeReason, staged } = await chooseBaseAndBegin(prism, request, vmRef, previous, requestId, log);
   let recoveryPoint: RecoveryPoint | undefined;
   let recoveryPointRequested = false;
+  let recording: Promise<{ error: unknown } | undefined> = Promise.resolve(undefined);
   // The export volume groups carry the attempt's tag: whatever this attempt leaves, its next run finds.
   const exportTag = exportTagOf(staged.pointId);
   let sweeping: Promise<{ ids: string[] } | { error: unknown }> = Promise.resolve({ ids: [] });
@@ -102,7 +103,7 @@ export async function backupVm(prism: PrismClient, request: BackupRequest): Prom
   // Exports are released in the background from the end of each disk's copy, beside the commit.
   const releases: Promise<ReleaseOutcome>[] = [];
   try {
-    const older = (await repository.listVmPoints(vmRef)).slice(0, -1);
+    const older = points.slice(0, -1);
     // Neither the sweep of stale recovery points nor the export volume groups need the new recovery point: both
     // run while Prism makes it.
     sweeping = sweepStaleRecoveryPoints(prism, vm.uuid, older.map((p) => ({ pointId: p.pointId, recoveryPointId: p.manifest.recoveryPoint.id })), signal).then(
@@ -131,7 +132,12 @@ export async function backupVm(prism: PrismClient, request: BackupRequest): Prom
       if (refusedOutright(err)) await staged.settleRecoveryPointRequest();
       throw err;
     }
-    await staged.recordRecoveryPoint({ kind: 'recovery-point', id: recoveryPoint.id, detail: { generation: recoveryPoint.generation } });
+    // Journaled while the disks are planned and exported: until it lands, the journaled request id lets a run after
+    // a crash find the recovery point by its name. Awaited before the commit and before any clean-up.
+    recording = staged.recordRecoveryPoint({ kind: 'recovery-point', id: recoveryPoint.id, detail: { generation: recoveryPoint.generation } }).then(
+      () => undefined,
+      (error: unknown) => ({ error }),
+    );
     const swept = await sweeping;
     if ('error' in swept) throw swept.error;
     if (swept.ids.length) log.info({ vm: vm.name, recoveryPoints: swept.ids }, 'deleted stale recovery points of earlier backups');
@@ -143,6 +149,8 @@ export async function backupVm(prism: PrismClient, request: BackupRequest): Prom
     const outcomes = await copyDisks(prism, request, vm, rp, base, staged, { exportTag, preparing, releases }, log);
     const overlays = outcomes.filter((o) => o.overlay).length;
     const fallbacks = outcomes.flatMap((o, i) => (o.fullReason ? [`disk ${vm.disks[i]?.index}: ${o.fullReason}`] : []));
+    const recorded = await recording;
+    if (recorded) throw recorded.error;
     failpoint(Failpoint.BeforeCommit);
     const { value: point, ms: commitMs } = await timed(() => staged.commit({
       type: overlays > 0 ? 'incremental' : 'full',
@@ -192,7 +200,7 @@ export async function backupVm(prism: PrismClient, request: BackupRequest): Prom
     return { point, deletedBaseRecoveryPoints, timings };
   } catch (err) {
     // Let running Prism work settle: an export being made or released holds the recovery point's disk.
-    const [, ...prepared] = await Promise.all([sweeping, ...preparing]);
+    const [, , ...prepared] = await Promise.all([recording, sweeping, ...preparing]);
     const released = await Promise.all(releases);
     for (const outcome of released) {
       if ('error' in outcome) log.warn({ vm: vm.name, disk: outcome.diskIndex, err: errorText(outcome.error) }, 'export not released');
@@ -228,11 +236,41 @@ function errorText(err: unknown): string {
   return err instanceof Error ? err.message : String(err);
 }
 
+/**
+ * chooseBase beside beginPoint (a Prism round trip beside the lock and the journal's fsyncs). The staging names the
+ * previous point as its parent unless a full is asked for: a disk copied in full is no overlay, and a point without
+ * overlays commits as a full with no parent, so a base found gone costs nothing.
+ */
+async function chooseBaseAndBegin(
+  prism: PrismClient,
+  request: BackupRequest,
+  vmRef: repository.VmRef,
+  previous: repository.PreviousPoint | undefined,
+  requestId: string,
+  log: Logger,
+): Promise<{ base?: Base; typeReason: string; staged: repository.StagedPoint }> {
+  const { signal } = request;
+  const parentPointId = request.mode === BackupMode.Full ? null : (previous?.pointId ?? null);
+  const [chosen, begun] = await Promise.allSettled([
+    chooseBase(prism, request.mode, previous, signal),
+    repository.beginPoint(vmRef, { parentPointId, recoveryPointRequestId: requestId, signal, logger: log }),
+  ]);
+  if (begun.status === 'rejected') throw begun.reason;
+  const staged = begun.value;
+  if (chosen.status === 'rejected') {
+    // The request was never sent: settled, the staging holds nothing on Nutanix and is removed.
+    await staged.settleRecoveryPointRequest().catch(() => undefined);
+    await staged.abort();
+    throw chosen.reason;
+  }
+  return { ...(chosen.value.base ? { base: chosen.value.base } : {}), typeReason: chosen.value.reason, staged };
+}
+
 /** Incremental needs the previous point's recovery point to still exist on Nutanix. */
 async function chooseBase(
   prism: PrismClient,
   mode: BackupMode,
-  previous: Awaited<ReturnType<typeof repository.previousPoint>>,
+  previous: repository.PreviousPoint | undefined,
   signal?: AbortSignal,
 ): Promise<{ base?: Base; reason: string }> {
   if (mode === BackupMode.Full) return { reason: 'full backup requested' };
@@ -355,7 +393,7 @@ async function abortAttempt(
 /** After a commit the previous base is no longer needed: the new recovery point is the next base. */
 async function deleteOldBases(
   prism: PrismClient,
-  previous: Awaited<ReturnType<typeof repository.previousPoint>>,
+  previous: repository.PreviousPoint | undefined,
   keepId: string,
   log: Logger,
   signal?: AbortSignal,

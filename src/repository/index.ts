@@ -10,6 +10,7 @@ export {
   listVmPoints,
   listVms,
   pointChain,
+  previousOf,
   previousPoint,
   readManifest,
   resolvePoint,
@@ -17,6 +18,7 @@ export {
   scanVm,
   summarizePoints,
   type PointSummary,
+  type PreviousPoint,
   type RestorePoint,
 } from './points.ts';
 export { beginPoint, recoverLeftovers, StagedPoint, type CommitRequest, type DiskImageTarget, type Leftover, type LeftoverReport, type StagedDisk } from './staging.ts';

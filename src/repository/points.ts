@@ -172,8 +172,19 @@ export function chainOf(points: readonly RestorePoint[], pointId: string): Resto
 }
 
 /** What the next incremental uses as its base: the newest point, its recovery point and its disks. */
-export async function previousPoint(vm: VmRef): Promise<{ pointId: string; recoveryPoint: RecoveryPointRef; manifest: Manifest } | undefined> {
-  const latest = (await listVmPoints(vm)).at(-1);
+export async function previousPoint(vm: VmRef): Promise<PreviousPoint | undefined> {
+  return previousOf(await listVmPoints(vm));
+}
+
+export interface PreviousPoint {
+  pointId: string;
+  recoveryPoint: RecoveryPointRef;
+  manifest: Manifest;
+}
+
+/** previousPoint from points already listed (newest last), for a caller that needs the list too. */
+export function previousOf(points: readonly RestorePoint[]): PreviousPoint | undefined {
+  const latest = points.at(-1);
   return latest && { pointId: latest.pointId, recoveryPoint: latest.manifest.recoveryPoint, manifest: latest.manifest };
 }
 

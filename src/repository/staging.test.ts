@@ -7,7 +7,7 @@ import { afterEach, beforeEach, describe, expect, it } from 'vitest';
 import { vmDir, type VmRef } from './layout.ts';
 import { acquireVmLock } from './lock.ts';
 import { listPoints, listVmPoints } from './points.ts';
-import { beginPoint, recoverLeftovers, type Leftover } from './staging.ts';
+import { beginPoint, readJournal, recoverLeftovers, type Leftover } from './staging.ts';
 import { MiB, ReferenceDisks, commitTestPoint, tempDir, vmConfig } from './test-repo.ts';
 
 const nodeBin = join(import.meta.dirname, '../../node_modules/.bin/node');
@@ -84,6 +84,19 @@ describe('atomic commit, journal and leftovers', () => {
     await reference.create();
     const point = await commitTestPoint(vm, null, [[{ offset: 0, length: MiB, pattern: 1 }]], reference);
     expect((await listVmPoints(vm)).map((p) => p.pointId)).toEqual([point.pointId]);
+  });
+
+  it('lands journal writes started without awaiting in the order they were started', async () => {
+    const staged = await beginPoint(vm, { parentPointId: null, recoveryPointRequestId: 'request-2' });
+    expect((await readJournal(staged.dir))?.recoveryPointRequestId).toBe('request-2');
+    const writes = [staged.recordRecoveryPoint({ kind: 'recovery-point', id: 'rp-2' })];
+    for (let i = 0; i < 5; i++) writes.push(staged.addResource({ kind: 'volume-group', id: `vg-${i}` }));
+    writes.push(staged.removeResource('volume-group', 'vg-0'));
+    await Promise.all(writes);
+    const journal = await readJournal(staged.dir);
+    expect(journal?.recoveryPointRequestId).toBeUndefined();
+    expect(journal?.resources.map((r) => r.id)).toEqual(['rp-2', 'vg-1', 'vg-2', 'vg-3', 'vg-4']);
+    expect(await staged.abort()).toBe(false);
   });
 
   it('abort removes the staging folder only when nothing is left on Nutanix', async () => {

@@ -148,6 +148,8 @@ export class StagedPoint {
   readonly dir: string;
   readonly createdAt: Date;
   #journal: Journal;
+  /** The journal write in flight: writes run one after another, each of the state when it starts. */
+  #journalWrite: Promise<void> = Promise.resolve();
   #lock: HeldLock;
   #disks = new Map<number, ManifestDisk>();
   #finished = false;
@@ -381,8 +383,14 @@ export class StagedPoint {
     if (this.#finished) throw new AppError(ErrorCode.Internal, `point ${this.pointId} is already committed or aborted`);
   }
 
+  /**
+   * Callers may start a write without awaiting it (the engine records the recovery point while the disks are
+   * planned): writes are queued so an older state never lands after a newer one.
+   */
   async #writeJournal(): Promise<void> {
-    await writeFileAtomic(this.dir, journalFileName, `${JSON.stringify(this.#journal, null, 2)}\n`);
+    const write = this.#journalWrite.catch(() => undefined).then(() => writeFileAtomic(this.dir, journalFileName, `${JSON.stringify(this.#journal, null, 2)}\n`));
+    this.#journalWrite = write;
+    await write;
   }
 }
 
