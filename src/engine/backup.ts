@@ -126,6 +126,8 @@ export async function backupVm(prism: PrismClient, request: BackupRequest): Prom
         name: recoveryPointName(staged.pointId),
         consistency: consistencyPlan.request,
         requestId,
+        // Made above for this attempt: nothing on Nutanix can carry it yet.
+        firstUse: true,
         signal,
       });
     } catch (err) {

@@ -135,6 +135,11 @@ export interface CreateRecoveryPointRequest {
   consistency: Consistency;
   /** Idempotency key: the same key never creates two recovery points. */
   requestId: string;
+  /**
+   * The key was made for this call and never sent before: no earlier attempt can have created anything under it,
+   * so v3 skips looking for one (two GETs). Leave it unset for a key that may be reused (e.g. after a restart).
+   */
+  firstUse?: boolean;
   expiresAt?: Date;
   signal?: AbortSignal;
 }

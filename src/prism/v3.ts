@@ -115,9 +115,9 @@ export class V3Backend {
   async createRecoveryPoint(request: CreateRecoveryPointRequest): Promise<RecoveryPoint> {
     const { signal } = request;
     const what = `create recovery point "${request.name}" of VM ${request.vm.name}`;
-    const uuid = await this.reserveUuid(request.requestId, signal);
+    const uuid = await this.reserveUuid(request.requestId, !request.firstUse, signal);
     // A previous attempt with the same key may have got as far as creating it.
-    let snapshot = await this.fetchSnapshot(uuid, signal);
+    let snapshot = request.firstUse ? undefined : await this.fetchSnapshot(uuid, signal);
     if (!snapshot) {
       const body = v3SnapshotCreateRequestSchema.parse({
         api_version: '3.1',
@@ -255,10 +255,11 @@ export class V3Backend {
   }
 
   /** v3 idempotence identifiers keyed by the request id: the same key always yields the same snapshot UUID. */
-  private async reserveUuid(requestId: string, signal?: AbortSignal): Promise<string> {
+  /** `lookUp`: the key may have been reserved by an earlier attempt; look for that reservation first. */
+  private async reserveUuid(requestId: string, lookUp: boolean, signal?: AbortSignal): Promise<string> {
     const clientIdentifier = `sendense-${idempotencyUuid(requestId)}`;
     const path = `${base}/idempotence_identifiers`;
-    const existing = await this.http.requestIfExists({
+    const existing = !lookUp ? undefined : await this.http.requestIfExists({
       method: 'GET',
       path: `${path}/${pathSegment(clientIdentifier)}`,
       schema: v3IdempotenceIdentifiersSchema,

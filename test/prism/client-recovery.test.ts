@@ -74,6 +74,18 @@ describe.each(['v4', 'v3'] as const)('recovery points on a %s Prism Central', (a
     }
   });
 
+  it('skips looking for an earlier attempt when the request id is used for the first time', async () => {
+    await sim.admin.resetCounters();
+    const fresh = await client.createRecoveryPoint({ vm, name: 'fresh', consistency: 'CRASH_CONSISTENT', requestId: `${api}-fresh`, firstUse: true });
+    const { byRoute } = await sim.admin.counters();
+    expect(fresh).toMatchObject({ name: 'fresh', vmUuid: vm.uuid });
+    expect(fresh.disks).toHaveLength(vm.disks.length);
+    // v3 looks up neither the reservation nor the snapshot before creating it; v4 never looks anything up.
+    expect(Object.keys(byRoute).filter((route) => route.startsWith('GET') && route.includes('idempotence_identifiers'))).toEqual([]);
+    expect(byRoute['GET /api/nutanix/v3/vm_snapshots/{uuid}'] ?? 0).toBeLessThanOrEqual(1);
+    await client.deleteRecoveryPoint(fresh.id);
+  });
+
   it('does not create a second recovery point for the same request id', async () => {
     const before = await sim.admin.state();
     const again = await client.createRecoveryPoint({ vm, name: 'first', consistency: 'CRASH_CONSISTENT', requestId: `${api}-first` });
