@@ -30,16 +30,14 @@ describe('Qcow2Layer reads one layer of images written by qemu and by our writer
     const layer = await Qcow2Layer.open(top);
     try {
       expect(layer).toMatchObject({ sizeBytes: 8 * 1024 * KiB, clusterSize: 64 * KiB, backingFile: 'base.qcow2', backingFormat: 'qcow2' });
-      const extents: LayerExtent[] = [];
-      for await (const e of layer.extents()) extents.push(e);
+      const extents: LayerExtent[] = await layer.extents();
       const { stdout } = await run('qemu-img', ['map', '--output=json', top]);
       const expected = (JSON.parse(stdout) as Array<{ start: number; length: number; depth: number; zero: boolean; data: boolean; offset?: number }>).filter((e) => e.depth === 0);
       expect(extents.filter((e) => e.state !== ClusterState.Unallocated)).toEqual(
         expected.map((e) => ({ offset: e.start, length: e.length, state: e.data ? ClusterState.Data : ClusterState.Zero })),
       );
       // mappings() also says where the data lives in the file, as qemu-img map does.
-      const mappings: LayerMapping[] = [];
-      for await (const m of layer.mappings()) mappings.push(m);
+      const mappings: LayerMapping[] = await layer.mappings();
       expect(mappings.filter((m) => m.state !== ClusterState.Unallocated)).toEqual(
         expected.map((e) => ({ offset: e.start, length: e.length, state: e.data ? ClusterState.Data : ClusterState.Zero, hostOffset: e.data ? e.offset : 0 })),
       );
@@ -69,8 +67,7 @@ describe('Qcow2Layer reads one layer of images written by qemu and by our writer
     await writer.finalize();
     const layer = await Qcow2Layer.open(file);
     try {
-      const extents: LayerExtent[] = [];
-      for await (const e of layer.extents()) extents.push(e);
+      const extents: LayerExtent[] = await layer.extents();
       expect(extents).toEqual([
         { offset: 0, length: 64 * KiB, state: ClusterState.Data },
         { offset: 64 * KiB, length: 64 * KiB, state: ClusterState.Zero },
