@@ -20,11 +20,12 @@ export interface DiskChecksums {
   zeroRanges: ByteRange[];
 }
 
-export async function writeChecksumsFile(path: string, diskIndex: number, sums: DiskChecksums): Promise<void> {
+/** `sync: false`: the caller fsyncs the file later (a commit's fsyncTree), as writeFileDurable describes. */
+export async function writeChecksumsFile(path: string, diskIndex: number, sums: DiskChecksums, options: { sync?: boolean } = {}): Promise<void> {
   const lines = [JSON.stringify({ apiVersion: checksumsApiVersion, algorithm: 'xxh3-64', diskIndex })];
   for (const b of sums.blocks) lines.push(JSON.stringify({ offset: b.offset, length: b.length, hash: b.hash }));
   for (const z of sums.zeroRanges) lines.push(JSON.stringify({ offset: z.offset, length: z.length, zero: true }));
-  await writeFileDurable(path, `${lines.join('\n')}\n`);
+  await writeFileDurable(path, `${lines.join('\n')}\n`, 'w', options);
 }
 
 export async function readChecksumsFile(path: string, diskIndex: number): Promise<DiskChecksums> {

@@ -38,13 +38,16 @@ export async function fsyncPath(path: string): Promise<void> {
   }
 }
 
-/** Writes a whole file and fsyncs it; not atomic by itself (callers write into a staging dir or use writeFileAtomic). */
-export async function writeFileDurable(path: string, data: string | Uint8Array, flag = 'w'): Promise<void> {
+/**
+ * Writes a whole file and fsyncs it; not atomic by itself (callers write into a staging dir or use writeFileAtomic).
+ * `sync: false` leaves the fsync to a caller that fsyncs the file later anyway (a commit's fsyncTree).
+ */
+export async function writeFileDurable(path: string, data: string | Uint8Array, flag = 'w', options: { sync?: boolean } = {}): Promise<void> {
   let handle;
   try {
     handle = await open(path, flag, 0o644);
     await handle.writeFile(data);
-    await handle.sync();
+    if (options.sync ?? true) await handle.sync();
   } catch (err) {
     throw fsError(err, 'write', path);
   } finally {
@@ -53,20 +56,22 @@ export async function writeFileDurable(path: string, data: string | Uint8Array, 
 }
 
 /**
- * Replaces `path` in one step: readers see the old or the new content, never a torn one. `syncDir: false` leaves
- * the rename's durability to a caller that fsyncs `dir` itself afterwards (one fsync for several steps).
+ * Replaces `path` in one step: readers see the old or the new content, never a torn one. `deferSync: true` fsyncs
+ * neither the file nor `dir`: for a caller that fsyncs both afterwards, before anything relies on the file (a
+ * commit's fsyncTree before the rename that publishes the folder).
  */
-export async function writeFileAtomic(dir: string, name: string, data: string, options: { syncDir?: boolean } = {}): Promise<void> {
+export async function writeFileAtomic(dir: string, name: string, data: string, options: { deferSync?: boolean } = {}): Promise<void> {
   // Unique per writer: processes in different pods sharing a volume may well have the same pid.
   const temp = join(dir, `.${name}.tmp-${process.pid}-${randomBytes(4).toString('hex')}`);
-  await writeFileDurable(temp, data);
+  const sync = !options.deferSync;
+  await writeFileDurable(temp, data, 'w', { sync });
   try {
     await rename(temp, join(dir, name));
   } catch (err) {
     await rm(temp, { force: true });
     throw fsError(err, 'rename', join(dir, name));
   }
-  if (options.syncDir ?? true) await fsyncPath(dir);
+  if (sync) await fsyncPath(dir);
 }
 
 /**

@@ -59,8 +59,10 @@ async function createExclusive(path: string, owner: LockOwner): Promise<boolean>
     throw fsError(err, 'create lock', path);
   }
   try {
+    // Not fsynced: a lock only matters while its holder lives. After a machine crash every holder is dead, and a
+    // lock file lost, empty or torn by that crash is stale (isStale); an fsync would only make it more likely to
+    // survive with a pid that a process after the reboot may reuse.
     await handle.writeFile(JSON.stringify(owner));
-    await handle.sync();
   } catch (err) {
     await handle.close();
     await rm(path, { force: true });

@@ -124,10 +124,14 @@ export async function stagedCopyTarget(
   return { path, backing: { relativePath, sizeBytes } };
 }
 
-/** Writes the checksum file of a copied disk into the staging folder `dir`; returns its manifest entry. */
-export async function writeStagedDiskFiles(dir: string, disk: StagedDisk): Promise<ManifestDisk> {
+/**
+ * Writes the checksum file of a copied disk into the staging folder `dir`; returns its manifest entry. `sync: false`
+ * when the commit that fsyncs the folder runs in this process (another process's commit, possibly on another node
+ * of a shared volume, cannot flush this one's writes).
+ */
+export async function writeStagedDiskFiles(dir: string, disk: StagedDisk, options: { sync?: boolean } = {}): Promise<ManifestDisk> {
   const checksums = diskChecksumsName(disk.index);
-  await writeChecksumsFile(join(dir, checksums), disk.index, { blocks: disk.checksums, zeroRanges: disk.zeroRanges });
+  await writeChecksumsFile(join(dir, checksums), disk.index, { blocks: disk.checksums, zeroRanges: disk.zeroRanges }, options);
   return {
     index: disk.index,
     uuid: disk.uuid,
@@ -241,7 +245,8 @@ export class StagedPoint {
   /** Writes the checksum file of a copied disk and remembers its manifest entry. */
   async writeDisk(disk: StagedDisk): Promise<void> {
     this.#assertOpen();
-    this.#disks.set(disk.index, await writeStagedDiskFiles(this.dir, disk));
+    // Made durable by this process's commit (fsyncTree), beside qemu-img check rather than before the commit.
+    this.#disks.set(disk.index, await writeStagedDiskFiles(this.dir, disk, { sync: false }));
   }
 
   /**
@@ -286,7 +291,7 @@ export class StagedPoint {
     }
   }
 
-  /** Reads each image's header, then writes the manifest into the staging folder (its folder is fsynced later). */
+  /** Reads each image's header, then writes the manifest into the staging folder (fsynced with the folder after). */
   async #stageManifest(disks: ManifestDisk[], request: CommitRequest): Promise<Manifest> {
     const headers = await Promise.all(disks.map((disk) => readImageHeader(join(this.dir, disk.image))));
     disks.forEach((disk, i) => {
@@ -323,7 +328,7 @@ export class StagedPoint {
     if ((manifest.type === 'full') !== (manifest.parentPointId === null)) {
       throw new AppError(ErrorCode.Internal, `commit of ${this.pointId}: type ${manifest.type} but ${manifest.parentPointId ? 'disks are overlays' : 'no disk is an overlay'}`);
     }
-    await writeFileAtomic(this.dir, manifestFileName, `${JSON.stringify(manifest, null, 2)}\n`, { syncDir: false });
+    await writeFileAtomic(this.dir, manifestFileName, `${JSON.stringify(manifest, null, 2)}\n`, { deferSync: true });
     return manifest;
   }
 
