@@ -8,7 +8,7 @@ import type { Region } from '../mover/types.ts';
 import { PrismHttp, type RetryPolicy } from './http.ts';
 import { isUuid } from './model.ts';
 import { type TaskWaitOptions, defaultTaskWait } from './tasks.ts';
-import type { ApiGeneration, ChangedRegionsRequest, PrismCapabilities, PrismClient, PrismConnection, Vm } from './types.ts';
+import type { ApiGeneration, ChangedRegionsRequest, ExportDiskRequest, PrismCapabilities, PrismClient, PrismConnection, Vm } from './types.ts';
 import { V3Backend } from './v3.ts';
 import { V4Backend } from './v4.ts';
 
@@ -114,7 +114,7 @@ class DiscoveringPrismClient implements PrismClient {
     return (await this.backend(request.signal)).prepareExport(request);
   }
 
-  async exportDisk(request: Parameters<PrismClient['exportDisk']>[0]) {
+  async exportDisk(request: ExportDiskRequest) {
     return this.backendFor(request.recoveryPoint.generation).exportDisk(request);
   }
 

@@ -144,6 +144,17 @@ export interface CreateRecoveryPointRequest {
   signal?: AbortSignal;
 }
 
+export interface ExportDiskRequest {
+  recoveryPoint: RecoveryPoint;
+  disk: DiskRecoveryPoint;
+  initiatorName: string;
+  /** Marks the export (v4: part of the volume group's name) so releaseExportVolumeGroups finds it after a crash. */
+  exportTag?: string;
+  /** A volume group from prepareExport to use (v4). */
+  prepared?: PreparedExport;
+  signal?: AbortSignal;
+}
+
 export interface PrismClient {
   capabilities(signal?: AbortSignal): Promise<PrismCapabilities>;
   /** Every VM (paging through all of them), or those named exactly `name`. */
@@ -166,16 +177,7 @@ export interface PrismClient {
    */
   prepareExport(request: { clusterUuid: string; initiatorName: string; exportTag?: string; signal?: AbortSignal }): Promise<PreparedExport | undefined>;
   /** Makes a disk recovery point readable: an iSCSI LUN through a volume group (v4) or the snapshot file (v3). */
-  exportDisk(request: {
-    recoveryPoint: RecoveryPoint;
-    disk: DiskRecoveryPoint;
-    initiatorName: string;
-    /** Marks the export (v4: part of the volume group's name) so releaseExportVolumeGroups finds it after a crash. */
-    exportTag?: string;
-    /** A volume group from prepareExport to use (v4). */
-    prepared?: PreparedExport;
-    signal?: AbortSignal;
-  }): Promise<DiskExport>;
+  exportDisk(request: ExportDiskRequest): Promise<DiskExport>;
   /**
    * Deletes the export volume groups carrying `exportTag` that a killed exporter left behind, detaching their iSCSI
    * clients first; the ids deleted. v3 exports are snapshot files: nothing to release.

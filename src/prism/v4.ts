@@ -31,7 +31,7 @@ import {
   v4VolumeGroupSchema,
 } from './schemas.ts';
 import { type TaskWaitOptions, createdEntityId, pathSegment, waitForV4Task } from './tasks.ts';
-import type { ChangedRegionsRequest, ClusterInfo, DiskExport, DiskRecoveryPoint, PreparedExport, RecoveryPoint, Vm, VmDisk, CreateRecoveryPointRequest } from './types.ts';
+import type { ChangedRegionsRequest, ClusterInfo, DiskExport, DiskRecoveryPoint, ExportDiskRequest, PreparedExport, RecoveryPoint, Vm, VmDisk, CreateRecoveryPointRequest } from './types.ts';
 import type { BackendDeps } from './v3.ts';
 
 /** API revision per v4 namespace: v4.0 is the first GA revision (pc.2024.3), served by every v4-capable PC. */
@@ -246,14 +246,7 @@ export class V4Backend {
     return { volumeGroupId, clusterUuid: request.clusterUuid, targetName, initiatorName: request.initiatorName };
   }
 
-  async exportDisk(request: {
-    recoveryPoint: RecoveryPoint;
-    disk: DiskRecoveryPoint;
-    initiatorName: string;
-    exportTag?: string;
-    prepared?: PreparedExport;
-    signal?: AbortSignal;
-  }): Promise<DiskExport> {
+  async exportDisk(request: ExportDiskRequest): Promise<DiskExport> {
     const { signal, disk, recoveryPoint, prepared } = request;
     const what = `export disk ${disk.diskUuid} of recovery point ${recoveryPoint.id}`;
     // A prepared volume group is ours from here on: deleted if the export cannot even start.
