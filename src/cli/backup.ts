@@ -58,6 +58,8 @@ export function backupSummary(result: BackupResult) {
     },
     startedAt: manifest.createdAt,
     completedAt: manifest.completedAt,
+    /** Where the time went: VM lookup, recovery point, per-disk plan / export / copy / teardown, commit, base delete. */
+    timings: result.timings,
   };
 }
 

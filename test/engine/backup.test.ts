@@ -9,6 +9,7 @@ import { hostname, tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { promisify } from 'node:util';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { backupSummary } from '../../src/cli/backup.ts';
 import { backupVm, type BackupRequest } from '../../src/engine/backup.ts';
 import { createLogger } from '../../src/lib/log.ts';
 import { createPrismClient } from '../../src/prism/client.ts';
@@ -73,6 +74,10 @@ for (const api of ['v4', 'v3'] as const) {
       expect(disk0?.stats.transferredBytes).toBe(changedBytes - zeroWritten);
       expect(disk0?.stats.transferredBytes).toBeLessThanOrEqual(1.1 * changedBytes);
       expect(disk1?.stats.transferredBytes).toBe(0);
+      // `backup -o json` tells where the time went, per phase and per disk.
+      const { timings } = backupSummary(incremental);
+      expect(timings.disks.map((d) => d.index)).toEqual([0, 1]);
+      expect(timings.totalMs).toBeGreaterThanOrEqual(Math.max(...timings.disks.map((d) => d.copyMs)));
       // Every disk reports its phases, the export teardown too although it ran beside the commit.
       expect(incremental.timings.disks.map((d) => d.index)).toEqual([0, 1]);
       for (const phases of incremental.timings.disks) expect(phases.exportTeardownMs).toBeGreaterThan(0);
