@@ -2,6 +2,7 @@ import { mkdtemp, readFile, rm } from 'node:fs/promises';
 import os from 'node:os';
 import path from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { freePort } from '../../test/support/ports.ts';
 import { isAppError } from '../lib/errors.ts';
 import { createSampleDisk, type SampleDiskLayout } from '../mover/sample-disk.ts';
 import { RegionType } from '../mover/types.ts';
@@ -189,7 +190,7 @@ describe('NbdClient against qemu-nbd', () => {
 
   it('works over TCP too', async () => {
     const { spawn } = await import('node:child_process');
-    const port = 20000 + (process.pid % 20000);
+    const port = await freePort();
     const child = spawn('qemu-nbd', ['--read-only', '--persistent', '-b', '127.0.0.1', '-p', String(port), '-f', 'raw', image], { stdio: 'ignore' });
     try {
       let client: NbdClient | undefined;

@@ -96,7 +96,7 @@ describe('VMBackupRun e2e faults', () => {
 
   it('fails a run whose mover is SIGKILLed mid-copy and releases the volume group the mover could not', async () => {
     await e2e.createRun('vm2-killed-mover', { ...byHand('vm-0002'), type: 'full' });
-    const run = await untilExporting(e2e, 'vm2-killed-mover');
+    await untilExporting(e2e, 'vm2-killed-mover');
     const uid = (await e2e.api.get(vmBackupRunType, e2e.namespace, 'vm2-killed-mover', AbortSignal.timeout(10_000)) as { metadata: { uid: string } }).metadata.uid;
     // Wait until a mover holds an export volume group tagged with the run's uid, then kill that mover's process group.
     let tagged: string | undefined;
@@ -105,6 +105,9 @@ describe('VMBackupRun e2e faults', () => {
       if (!tagged) await sleep(50);
     }
     expect(tagged, 'a mover exported a disk').toBeDefined();
+    // Exporting can be reported before the disks' Jobs are named in the status: wait for the names.
+    const named = (r: Awaited<ReturnType<E2e['waitForRun']>>) => (r.status?.disks ?? []).length > 0 && (r.status?.disks ?? []).every((d) => d.jobName);
+    const run = await e2e.waitForRun('vm2-killed-mover', named, "every disk's mover Job named in the status");
     // Kill every mover of the run at once, so whichever holds the group cannot release it.
     for (const disk of run.status?.disks ?? []) {
       const mover = await e2e.kubelet.started(disk.jobName ?? '');

@@ -11,7 +11,6 @@ import { randomBytes } from 'node:crypto';
 import { createWriteStream } from 'node:fs';
 import { access, mkdtemp, readFile, rename, rm, writeFile } from 'node:fs/promises';
 import { request as httpsRequest } from 'node:https';
-import { createServer } from 'node:net';
 import { homedir, tmpdir } from 'node:os';
 import { dirname, join, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
@@ -20,6 +19,7 @@ import { stringify } from 'yaml';
 import { z } from 'zod';
 import { AppError, ErrorCode, throwIfAborted } from '../../src/lib/errors.ts';
 import { createLogger } from '../../src/lib/log.ts';
+import { freePort } from './ports.ts';
 import { createTestbedPki } from './testbed-pki.ts';
 
 const log = createLogger({ name: 'testbed' });
@@ -178,17 +178,6 @@ async function useExternalCluster(kubeconfigPath: string, signal: AbortSignal): 
     kubeconfigFor: serviceAccountKubeconfigFactory(access, kubeconfigPath, dir, signal),
     stop: () => rm(dir, { recursive: true, force: true }),
   };
-}
-
-async function freePort(): Promise<number> {
-  return new Promise((resolvePort, reject) => {
-    const server = createServer();
-    server.once('error', reject);
-    server.listen(0, '127.0.0.1', () => {
-      const address = server.address();
-      server.close(() => (typeof address === 'object' && address ? resolvePort(address.port) : reject(new Error('no port'))));
-    });
-  });
 }
 
 interface ManagedProcess {
