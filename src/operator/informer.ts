@@ -137,7 +137,6 @@ export class Informer {
     this.lists++;
     const seen = new Set<string>();
     for (const item of items) {
-      delete item.metadata.managedFields; // as for watch events (onWatchEvent)
       const key = objectKey(item.metadata.namespace, item.metadata.name);
       seen.add(key);
       this.upsert(key, item);
@@ -158,6 +157,9 @@ export class Informer {
   }
 
   private upsert(key: string, object: KubeObject): void {
+    // managedFields (server-side apply bookkeeping) is often the largest part of an object and no controller reads
+    // it: cached copies drop it, as controller-runtime users do with a cache transform.
+    delete object.metadata.managedFields;
     const previous = this.cache.get(key);
     this.cache.set(key, object);
     if (!previous) this.emit('add', object);
@@ -208,9 +210,6 @@ export class Informer {
   private onWatchEvent(eventType: string, raw: unknown): void {
     this.lastEventAt = Date.now();
     const parsed = kubeObject.safeParse(raw);
-    // managedFields (server-side apply bookkeeping) is often the largest part of an object and no controller reads
-    // it: cached copies drop it, as controller-runtime users do with a cache transform.
-    if (parsed.success) delete parsed.data.metadata.managedFields;
     if (!parsed.success) {
       this.log.warn({ eventType }, 'ignoring a watch event without object metadata');
       return;
