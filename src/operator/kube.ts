@@ -6,6 +6,7 @@
  */
 import { request as httpRequest, Agent as HttpAgent, type IncomingMessage } from 'node:http';
 import { request as httpsRequest, Agent as HttpsAgent } from 'node:https';
+import { text as readText } from 'node:stream/consumers';
 import { z } from 'zod';
 import { AppError, ErrorCode, abortError } from '../lib/errors.ts';
 import { loadKubeConnection, type KubeConnection } from './kubeconfig.ts';
@@ -140,7 +141,7 @@ export class KubeApi {
     try {
       const response = await this.#open(req, what);
       status = response.statusCode ?? 0;
-      text = await readBody(response);
+      text = await readText(response);
     } catch (err) {
       throw this.#transportError(err, what, req.signal);
     }
@@ -220,7 +221,7 @@ export class KubeApi {
     try {
       const response = await this.#open({ method: 'GET', path, query, signal }, what);
       const status = response.statusCode ?? 0;
-      if (status < 200 || status >= 300) throw statusError(what, status, await readBody(response));
+      if (status < 200 || status >= 300) throw statusError(what, status, await readText(response));
       await forEachLine(response, (line) => {
         const event = parseWatchEvent(what, line);
         if (event.type === 'ERROR') {
@@ -288,12 +289,6 @@ export class KubeApi {
 
 function errorCode(err: unknown): string | undefined {
   return typeof err === 'object' && err !== null && 'code' in err && typeof err.code === 'string' ? err.code : undefined;
-}
-
-async function readBody(response: IncomingMessage): Promise<string> {
-  const chunks: Buffer[] = [];
-  for await (const chunk of response) chunks.push(chunk as Buffer);
-  return Buffer.concat(chunks).toString('utf8');
 }
 
 /**
