@@ -410,7 +410,7 @@ function runLength(run: GuestRun): number {
 }
 
 /** pwritev until every byte is written (the kernel may write less than asked, e.g. near a quota). */
-async function writeAll(handle: FileHandle, buffers: Buffer[], position: number): Promise<void> {
+export async function writeAll(handle: FileHandle, buffers: Buffer[], position: number): Promise<void> {
   let remaining = buffers;
   let at = position;
   while (remaining.length > 0) {

@@ -13,7 +13,7 @@ import { open, rm, type FileHandle } from 'node:fs/promises';
 import { AppError, ErrorCode, abortError, isAppError, throwIfAborted } from '../lib/errors.ts';
 import { createLogger, type Logger } from '../lib/log.ts';
 import { ChainRunKind, Qcow2Chain, type ChainRun } from '../qcow2/chain.ts';
-import { Qcow2Writer, alignedBuffers, DEFAULT_CLUSTER_SIZE } from '../qcow2/writer.ts';
+import { Qcow2Writer, alignedBuffers, DEFAULT_CLUSTER_SIZE, writeAll } from '../qcow2/writer.ts';
 import { fsError, fsyncPath } from './durable-fs.ts';
 import { convertImage } from './qemu-img.ts';
 
@@ -141,8 +141,8 @@ class RawFileSink implements OutputSink {
     const alignedLength = offset % DIRECT_ALIGN === 0 ? roundDown(data.length, DIRECT_ALIGN) : 0;
     if (this.direct && alignedLength > 0) {
       try {
-        await writeAll(this.direct, data.subarray(0, alignedLength), offset);
-        if (alignedLength < data.length) await writeAll(this.file, data.subarray(alignedLength), offset + alignedLength);
+        await writeAll(this.direct, [data.subarray(0, alignedLength)], offset);
+        if (alignedLength < data.length) await writeAll(this.file, [data.subarray(alignedLength)], offset + alignedLength);
         return;
       } catch (err) {
         // EINVAL: the filesystem wants a larger alignment than 4 KiB; the page cache takes everything from here.
@@ -153,7 +153,7 @@ class RawFileSink implements OutputSink {
       }
     }
     try {
-      await writeAll(this.file, data, offset);
+      await writeAll(this.file, [data], offset);
     } catch (err) {
       throw fsError(err, 'write', this.path);
     }
@@ -201,13 +201,6 @@ class Qcow2FileSink implements OutputSink {
 
   abandon(): Promise<void> {
     return this.writer.abandon();
-  }
-}
-
-async function writeAll(file: FileHandle, data: Buffer, position: number): Promise<void> {
-  for (let done = 0; done < data.length; ) {
-    const { bytesWritten } = await file.write(data, done, data.length - done, position + done);
-    done += bytesWritten;
   }
 }
 
