@@ -180,7 +180,7 @@ export async function backupVm(prism: PrismClient, request: BackupRequest): Prom
     for (const outcome of released) {
       if ('error' in outcome) {
         log.warn(
-          { vm: vm.name, disk: outcome.diskIndex, exportTag: exportTagOf(staged.pointId), err: errorText(outcome.error) },
+          { vm: vm.name, disk: outcome.diskIndex, exportTag, err: errorText(outcome.error) },
           'restore point committed, but the export was not released: delete the volume groups named sendense-export-<exportTag>-* in Prism',
         );
       }
@@ -386,7 +386,7 @@ async function abortAttempt(
       await staged.settleRecoveryPointRequest();
     }
   } catch (err) {
-    log.warn({ vm: vm.name, point: staged.pointId, err: err instanceof Error ? err.message : String(err) }, 'recovery point kept in the journal for the next run');
+    log.warn({ vm: vm.name, point: staged.pointId, err: errorText(err) }, 'recovery point kept in the journal for the next run');
   }
   const removed = await staged.abort().catch(() => false);
   if (!removed) log.warn({ vm: vm.name, point: staged.pointId }, 'staging kept: the next backup of this VM cleans it up');
@@ -406,7 +406,7 @@ async function deleteOldBases(
     return [previous.recoveryPoint.id];
   } catch (err) {
     // The point is committed and safe; the next backup's sweep deletes the stale base.
-    log.warn({ recoveryPoint: previous.recoveryPoint.id, err: err instanceof Error ? err.message : String(err) }, 'old base recovery point not deleted');
+    log.warn({ recoveryPoint: previous.recoveryPoint.id, err: errorText(err) }, 'old base recovery point not deleted');
     return [];
   }
 }

@@ -254,8 +254,10 @@ export class V3Backend {
     }
   }
 
-  /** v3 idempotence identifiers keyed by the request id: the same key always yields the same snapshot UUID. */
-  /** `lookUp`: the key may have been reserved by an earlier attempt; look for that reservation first. */
+  /**
+   * v3 idempotence identifiers keyed by the request id: the same key always yields the same snapshot UUID.
+   * `lookUp`: the key may have been reserved by an earlier attempt; look for that reservation first.
+   */
   private async reserveUuid(requestId: string, lookUp: boolean, signal?: AbortSignal): Promise<string> {
     const clientIdentifier = `sendense-${idempotencyUuid(requestId)}`;
     const path = `${base}/idempotence_identifiers`;
