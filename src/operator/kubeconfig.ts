@@ -12,7 +12,7 @@ import { parse as parseYaml } from 'yaml';
 import { z } from 'zod';
 import { AppError, ErrorCode } from '../lib/errors.ts';
 
-export const serviceAccountDir = '/var/run/secrets/kubernetes.io/serviceaccount';
+const serviceAccountDir = '/var/run/secrets/kubernetes.io/serviceaccount';
 
 /** Everything a request needs: the server, the TLS material and the current Authorization header. */
 export interface KubeConnection {
