@@ -1,7 +1,9 @@
 /**
  * Simulated VM disks: sparse raw files with deterministic content, plus an exact per-64 KiB-block record of which
  * guest-write generation last touched each block. Changed regions are computed from these records (never guessed
- * from content), which is what makes the simulator's CRT answers exact.
+ * from content), which is what makes the simulator's CRT answers exact. Like a hypervisor acknowledging a guest
+ * write, every write here is durable before it returns: the simulated storage shares the backup host's disk, and
+ * its writeback must not run (and be measured) inside the next backup.
  */
 import { createCipheriv, createHash } from 'node:crypto';
 import { execFile } from 'node:child_process';
@@ -174,6 +176,7 @@ export async function createDiskFile(path: string, sizeBytes: number, contentKey
       }
       block += run;
     }
+    await file.datasync();
   } finally {
     await file.close();
   }
@@ -223,10 +226,21 @@ export async function applyGuestWrites(
       map.set(block, generation, zero);
       written.push({ offset, length, zero });
     }
+    await file.datasync();
   } finally {
     await file.close();
   }
   return written;
+}
+
+/** Flushes a file's data to the disk. */
+async function datasyncFile(path: string): Promise<void> {
+  const file = await open(path, 'r');
+  try {
+    await file.datasync();
+  } finally {
+    await file.close();
+  }
 }
 
 /**
@@ -237,6 +251,7 @@ export async function unshareLiveDisk(livePath: string): Promise<void> {
   if ((await stat(livePath)).nlink <= 1) return;
   const copy = `${livePath}.cow`;
   await execFileAsync('cp', ['--reflink=auto', '--sparse=always', livePath, copy]);
+  await datasyncFile(copy);
   await chmod(copy, 0o644);
   await rename(copy, livePath);
 }
