@@ -83,6 +83,8 @@ export interface SimAdmin {
   setNgt(vmName: string, ngt: NgtSettings): Promise<void>;
   write(vmName: string, diskIndex: number, changedPercent: number, seed?: number): Promise<WriteReport>;
   resize(vmName: string, diskIndex: number, sizeBytes: number): Promise<void>;
+  /** Resolves once deleted snapshots' files are freed and the state is saved. */
+  settle(): Promise<void>;
 }
 
 export interface RunningSim {
@@ -153,6 +155,7 @@ export async function startSim(options: SimOptions = {}): Promise<RunningSim> {
     setNgt: async (name, ngt) => void (await call('PUT', `/_sim/vms/${encodeURIComponent(name)}/ngt`, ngt)),
     write: async (name, index, changedPercent, seed) => writeReportSchema.parse(await call('POST', `${vmPath(name, index)}/write`, { changedPercent, seed })),
     resize: async (name, index, sizeBytes) => void (await call('POST', `${vmPath(name, index)}/resize`, { sizeBytes })),
+    settle: async () => void (await call('POST', '/_sim/settle')),
   };
   let stopped = false;
   return {
