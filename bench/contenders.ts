@@ -1,7 +1,9 @@
 /**
  * What the benchmarks share: timing with the CPU seconds of every process involved, the peer copy tools
  * (qemu-img convert, nbdcopy into a qemu-nbd qcow2 target, dd oflag=direct) and machine facts. Each peer makes
- * its output durable inside the timed section, as our mover does at commit.
+ * its output durable inside the timed section, as our mover does at commit. No contender deletes its previous
+ * output inside the timing: freeing a file of a few GiB takes ext4 about half a second here, work that belongs to
+ * no copy (see `timed`'s `before`).
  */
 import { execFile, spawn } from 'node:child_process';
 import { readdirSync, readFileSync } from 'node:fs';
@@ -80,19 +82,21 @@ export interface Timing {
 }
 
 /**
- * Wall and CPU seconds of fn. Dirty pages of earlier steps are written back first so that no contender pays
- * for its predecessor. CPU covers this process tree (the simulator, its tgtd, qemu-nbd and every tool run).
+ * Wall and CPU seconds of fn. `before` runs untimed first (e.g. removing the previous round's output); then dirty
+ * pages of earlier steps are written back so that no contender pays for its predecessor. CPU covers this process
+ * tree (the simulator, its tgtd, qemu-nbd and every tool run).
  */
-export async function timed(fn: () => Promise<unknown>): Promise<Timing> {
+export async function timed(fn: () => Promise<unknown>, before?: () => Promise<unknown>): Promise<Timing> {
+  await before?.();
   await execFileAsync('sync');
-  const before = treeCpu();
+  const cpuBefore = treeCpu();
   const t0 = performance.now();
   await fn();
   const seconds = (performance.now() - t0) / 1000;
   const after = treeCpu();
   // A process that exits inside fn moves its seconds to its parent's reaped fields: only the sum is exact then.
-  const cpuByOwner = Object.fromEntries(Object.entries(after).map(([owner, s]) => [owner, Number((s - (before[owner] ?? 0)).toFixed(2))]));
-  const cpuSeconds = Object.values(after).reduce((n, x) => n + x, 0) - Object.values(before).reduce((n, x) => n + x, 0);
+  const cpuByOwner = Object.fromEntries(Object.entries(after).map(([owner, s]) => [owner, Number((s - (cpuBefore[owner] ?? 0)).toFixed(2))]));
+  const cpuSeconds = Object.values(after).reduce((n, x) => n + x, 0) - Object.values(cpuBefore).reduce((n, x) => n + x, 0);
   return { seconds, cpuSeconds, cpuByOwner };
 }
 
@@ -116,19 +120,20 @@ export async function sh(cmd: string, argv: string[], env?: Record<string, strin
 
 export const nbdUri = (socketPath: string): string => `nbd+unix:///?socket=${socketPath}`;
 
-/** `qemu-img convert -W -m 2` from the NBD export into a qcow2, then the file synced (convert's default cache ignores flushes). */
+/**
+ * `qemu-img convert -W -m 2` from the NBD export into a qcow2 `out` (which must not exist), then the file synced
+ * (convert's default cache ignores flushes).
+ */
 export async function qemuImgConvert(sourceSocket: string, out: string, extra: string[] = []): Promise<void> {
-  await rm(out, { force: true });
   await sh('qemu-img', ['convert', '-W', '-m', '2', ...extra, '-f', 'raw', '-O', 'qcow2', nbdUri(sourceSocket), out]);
   await sh('sync', ['-d', out]);
 }
 
 /**
- * nbdcopy cannot write qcow2 itself: the target is a writable qemu-nbd over a fresh qcow2 (with our glibc
- * allocator thresholds, which help it too), and `--flush` makes qemu-nbd fsync it at the end.
+ * nbdcopy cannot write qcow2 itself: the target is a writable qemu-nbd over a fresh qcow2 `out` (which must not
+ * exist; with our glibc allocator thresholds, which help it too), and `--flush` makes qemu-nbd fsync it at the end.
  */
 export async function nbdcopyToQcow2(sourceSocket: string, out: string, sizeBytes: number, scratchDir: string): Promise<void> {
-  await rm(out, { force: true });
   await sh('qemu-img', ['create', '-q', '-f', 'qcow2', out, String(sizeBytes)]);
   const target = path.join(scratchDir, 'nbdcopy-target.sock');
   await rm(target, { force: true });
@@ -144,9 +149,11 @@ export async function nbdcopyToQcow2(sourceSocket: string, out: string, sizeByte
   }
 }
 
-/** `dd oflag=direct` of `bytes` (rounded up to 4 MiB) plus fsync: the disk's durable write limit for that much data. */
+/**
+ * `dd oflag=direct` of `bytes` (rounded up to 4 MiB) into `file` (which must not exist) plus fsync: the disk's durable
+ * write limit for that much data.
+ */
 export async function ddDirect(file: string, bytes: number): Promise<void> {
-  await rm(file, { force: true });
   await sh('dd', ['if=/dev/zero', `of=${file}`, 'bs=4M', `count=${Math.ceil(bytes / (4 * MiB))}`, 'oflag=direct', 'conv=fsync', 'status=none']);
 }
 

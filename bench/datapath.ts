@@ -98,24 +98,21 @@ try {
   const dataBytes = regions.filter((r) => r.type === RegionType.Regular).reduce((n, r) => n + r.length, 0);
   console.error(`data ${(dataBytes / GiB).toFixed(2)} GiB of ${(sizeBytes / GiB).toFixed(2)} GiB; ${os.cpus().length} cpus, ${os.cpus()[0]?.model}`);
 
-  const oursFull = (tuning: Tuning = {}, copy = copyDisk) => async () => {
-    await rm(out, { force: true });
-    return copy({ source: { socketPath: server.socketPath }, regions, sizeBytes, target: { path: out }, ...tuning });
-  };
+  const ddFile = path.join(dir, 'dd.bin');
+  /** Every contender's output, removed untimed before each run (freeing GiBs is the file system's work, not a copy's). */
+  const removeOutputs = () => Promise.all([out, ddFile, incr, peerIncr].map((file) => rm(file, { force: true })));
+  const oursFull = (tuning: Tuning = {}, copy = copyDisk) => () =>
+    copy({ source: { socketPath: server.socketPath }, regions, sizeBytes, target: { path: out }, ...tuning });
   const contenders: Contender[] = [];
   const add = (name: string, bytes: number, incremental: boolean, run: () => Promise<unknown>) =>
     contenders.push({ name, dataBytes: bytes, incremental, run, seconds: [], cpuSeconds: [] });
   add('ours full (copyDisk → qcow2, fsync)', dataBytes, false, oursFull());
   if (baselineCopyDisk) add('baseline full (copyDisk of --baseline)', dataBytes, false, oursFull({}, baselineCopyDisk));
   if (withFullPeers) {
-    const ddFile = path.join(dir, 'dd.bin');
     add('qemu-img convert -W -m 2 (+sync)', dataBytes, false, () => qemuImgConvert(server.socketPath, out));
     add('qemu-img convert -W -m 2 -t none', dataBytes, false, () => qemuImgConvert(server.socketPath, out, ['-t', 'none']));
     add('nbdcopy -C1 -R4 1M → qemu-nbd qcow2 (--flush)', dataBytes, false, () => nbdcopyToQcow2(server.socketPath, out, sizeBytes, dir));
-    add('dd oflag=direct of the data bytes', dataBytes, false, async () => {
-      await ddDirect(ddFile, dataBytes);
-      await rm(ddFile, { force: true });
-    });
+    add('dd oflag=direct of the data bytes', dataBytes, false, () => ddDirect(ddFile, dataBytes));
     if (args.sweep) {
       for (const [requestSize, inFlight] of [[1, 4], [4, 2], [4, 4], [8, 2]] as const) {
         add(`ours full ${inFlight} × ${requestSize} MiB`, dataBytes, false, oursFull({ requestSize: requestSize * MiB, inFlight }));
@@ -125,6 +122,7 @@ try {
   }
 
   // Our full image, checked once; it is the backing file of the incrementals.
+  await removeOutputs();
   await oursFull()();
   await sh('qemu-img', ['check', '-q', out]);
   await sh('qemu-img', ['compare', '-q', '-f', 'raw', '-F', 'qcow2', base, out]);
@@ -135,6 +133,7 @@ try {
   let changedDataBytes = 0;
   let transferredBytes = 0;
   let oursIncrementalOnce: (() => Promise<void>) | undefined;
+  let peerIncrementalOnce: (() => Promise<unknown>) | undefined;
   if (withIncremental) {
     // The changed disk as a qcow2 overlay over the base holding exactly the changed blocks: the blocks are
     // written into a copy of the base, and a safe rebase from that copy onto the base keeps what differs.
@@ -150,17 +149,14 @@ try {
     servers.push(source);
     console.error(`changed ${(changedBytes / MiB).toFixed(1)} MiB in ${changed.length} regions (${(changedDataBytes / MiB).toFixed(1)} MiB data)`);
     const oursIncremental = (tuning: Tuning = {}, copy = copyDisk) => async () => {
-      await rm(incr, { force: true });
       const result = await copy({ source: { socketPath: source.socketPath }, regions: changed, sizeBytes, target: { path: incr, backing: { relativePath: 'full.qcow2', sizeBytes } }, ...tuning });
       transferredBytes = result.stats.transferredBytes;
     };
     oursIncrementalOnce = oursIncremental();
     add(`ours incremental, ${args['change-percent']} % in 64 KiB blocks`, changedDataBytes, true, oursIncrementalOnce);
     if (baselineCopyDisk) add('baseline incremental (copyDisk of --baseline)', changedDataBytes, true, oursIncremental({}, baselineCopyDisk));
-    add('qemu-img convert -W -m 2 -t none -B full (overlay file)', changedDataBytes, true, async () => {
-      await rm(peerIncr, { force: true });
-      await sh('qemu-img', ['convert', '-W', '-m', '2', '-t', 'none', '-f', 'qcow2', '-O', 'qcow2', '-B', 'full.qcow2', '-F', 'qcow2', changedSource, peerIncr]);
-    });
+    peerIncrementalOnce = () => sh('qemu-img', ['convert', '-W', '-m', '2', '-t', 'none', '-f', 'qcow2', '-O', 'qcow2', '-B', 'full.qcow2', '-F', 'qcow2', changedSource, peerIncr]);
+    add('qemu-img convert -W -m 2 -t none -B full (overlay file)', changedDataBytes, true, peerIncrementalOnce);
     if (args.sweep) {
       for (const [requestSize, inFlight] of [[1, 4], [2, 8], [4, 4], [8, 2]] as const) {
         add(`ours incremental ${inFlight} × ${requestSize} MiB`, changedDataBytes, true, oursIncremental({ requestSize: requestSize * MiB, inFlight }));
@@ -172,7 +168,7 @@ try {
     // Rotate the order each round so that no contender always runs right after the same one.
     for (let k = 0; k < contenders.length; k++) {
       const c = contenders[(k + r) % contenders.length]!;
-      const t = await timedRun(c.run);
+      const t = await timedRun(c.run, removeOutputs);
       c.seconds.push(t.seconds);
       c.cpuSeconds.push(t.cpuSeconds);
       console.error(`run ${r + 1}: ${c.name}: ${t.seconds.toFixed(3)} s, cpu ${t.cpuSeconds.toFixed(2)} s, load ${os.loadavg()[0]!.toFixed(1)}`);
@@ -180,8 +176,10 @@ try {
   }
 
   if (withIncremental) {
-    // Today's incremental (once more, whoever ran last) and the peer's pass the check and equal the changed disk.
+    // Today's incremental and the peer's pass the check and equal the changed disk.
+    await removeOutputs();
     await oursIncrementalOnce?.();
+    await peerIncrementalOnce?.();
     for (const image of [incr, peerIncr]) {
       await sh('qemu-img', ['check', '-q', image]);
       await sh('qemu-img', ['compare', '-q', '-f', 'qcow2', '-F', 'qcow2', changedSource, image]);

@@ -74,6 +74,8 @@ interface Series {
   /** Bytes of data the contender moved (allocated bytes for a full). */
   dataBytes: number;
   timings: Timing[];
+  /** Untimed, before each run: removes the previous run's output. */
+  reset?: () => Promise<unknown>;
 }
 
 /** Allocation of the generated disk, block by block (64 KiB, the simulator's unit): zero, a repeated 4 KiB pattern, or other data. */
@@ -171,7 +173,6 @@ try {
   /** Seconds of the disk copy inside each backup (the rest is recovery point, export, qemu-nbd start, commit). */
   const copySeconds: Record<'v4' | 'v3', number[]> = { v4: [], v3: [] };
   const fullBackup = async (api: 'v4' | 'v3') => {
-    await rm(repoFor[api], { recursive: true, force: true });
     const result = await backup(api, 'full');
     copySeconds[api].push(result.point.manifest.disks[0]!.stats.durationMs / 1000);
     return result.point;
@@ -180,32 +181,38 @@ try {
   const sources = { iscsi: { label: 'iSCSI export', server: peerSource }, file: { label: 'snapshot file', server: fileSource } } as const;
   const onSource = (source: keyof typeof sources): Array<Series & { run: () => Promise<unknown> }> => {
     const { label, server } = sources[source];
+    const reset = () => rm(peerOut, { force: true });
     return [
-      { name: `ours: mover only (copyDisk), ${label}`, kind: 'ours', source, dataBytes, timings: [], run: async () => { await rm(peerOut, { force: true }); return copyDisk({ source: { socketPath: server.socketPath }, exportName: server.exportName, regions, sizeBytes, target: { path: peerOut }, ...tuningFor('ssd') }); } },
-      { name: `qemu-img convert -W -m 2 -O qcow2 (+ sync), ${label}`, kind: 'peer', source, dataBytes, timings: [], run: () => qemuImgConvert(server.socketPath, peerOut) },
-      { name: `qemu-img convert -W -m 2 -t none -O qcow2, ${label}`, kind: 'peer', source, dataBytes, timings: [], run: () => qemuImgConvert(server.socketPath, peerOut, ['-t', 'none']) },
-      { name: `nbdcopy -C1 -R4 1M → qemu-nbd qcow2 (--flush), ${label}`, kind: 'peer', source, dataBytes, timings: [], run: () => nbdcopyToQcow2(server.socketPath, peerOut, sizeBytes, work) },
+      { name: `ours: mover only (copyDisk), ${label}`, kind: 'ours', source, dataBytes, timings: [], reset, run: () => copyDisk({ source: { socketPath: server.socketPath }, exportName: server.exportName, regions, sizeBytes, target: { path: peerOut }, ...tuningFor('ssd') }) },
+      { name: `qemu-img convert -W -m 2 -O qcow2 (+ sync), ${label}`, kind: 'peer', source, dataBytes, timings: [], reset, run: () => qemuImgConvert(server.socketPath, peerOut) },
+      { name: `qemu-img convert -W -m 2 -t none -O qcow2, ${label}`, kind: 'peer', source, dataBytes, timings: [], reset, run: () => qemuImgConvert(server.socketPath, peerOut, ['-t', 'none']) },
+      { name: `nbdcopy -C1 -R4 1M → qemu-nbd qcow2 (--flush), ${label}`, kind: 'peer', source, dataBytes, timings: [], reset, run: () => nbdcopyToQcow2(server.socketPath, peerOut, sizeBytes, work) },
       { name: `read only: ${label} → qemu-nbd → nbdcopy null:`, kind: 'source', source, dataBytes, timings: [], run: readOnly(server.socketPath) },
     ];
   };
   const fulls: Array<Series & { run: () => Promise<unknown> }> = [
-    { name: 'ours: backup full, v4 (RP → iSCSI/tgtd → qemu-nbd → mover → repo)', kind: 'ours', source: 'iscsi', dataBytes, timings: [], run: () => fullBackup('v4') },
+    { name: 'ours: backup full, v4 (RP → iSCSI/tgtd → qemu-nbd → mover → repo)', kind: 'ours', source: 'iscsi', dataBytes, timings: [], reset: () => rm(repoFor.v4, { recursive: true, force: true }), run: () => fullBackup('v4') },
     ...onSource('iscsi'),
-    { name: 'dd oflag=direct conv=fsync of the allocated bytes', kind: 'limit', source: null, dataBytes, timings: [], run: () => ddDirect(path.join(work, 'dd.bin'), dataBytes) },
-    { name: 'ours: backup full, v3 (snapshot file → qemu-nbd → mover → repo)', kind: 'ours', source: 'file', dataBytes, timings: [], run: async () => (v3FullPoint = await fullBackup('v3')) },
+    { name: 'dd oflag=direct conv=fsync of the allocated bytes', kind: 'limit', source: null, dataBytes, timings: [], reset: () => rm(path.join(work, 'dd.bin'), { force: true }), run: () => ddDirect(path.join(work, 'dd.bin'), dataBytes) },
+    { name: 'ours: backup full, v3 (snapshot file → qemu-nbd → mover → repo)', kind: 'ours', source: 'file', dataBytes, timings: [], reset: () => rm(repoFor.v3, { recursive: true, force: true }), run: async () => (v3FullPoint = await fullBackup('v3')) },
     ...onSource('file'),
   ];
   for (let round = 0; round < runs; round++) {
     // Rotate the order each round so no contender always follows the same neighbour.
     for (let k = 0; k < fulls.length; k++) {
       const c = fulls[(k + round) % fulls.length]!;
-      const t = await timed(c.run);
+      // The simulator's storage shares this disk only because it runs here: it is idle before each timing.
+      const t = await timed(c.run, async () => {
+        await c.reset?.();
+        await sim.admin.settle();
+      });
       c.timings.push(t);
       log(`full round ${round + 1}: ${c.name}: ${t.seconds.toFixed(2)} s, cpu ${t.cpuSeconds.toFixed(2)} s`);
     }
   }
   await rm(path.join(work, 'dd.bin'), { force: true });
   // Our mover's image of the same export is a correct copy (checked once, outside the timings).
+  await fulls[1]!.reset?.();
   await fulls[1]!.run();
   await sh('qemu-img', ['check', '-q', peerOut]);
   await sh('qemu-img', ['compare', '-q', '-f', 'raw', '-F', 'qcow2', diskFile, peerOut]);
@@ -233,7 +240,7 @@ try {
         transferredBytes = result.point.manifest.disks[0]!.stats.transferredBytes;
         copySeconds = result.point.manifest.disks[0]!.stats.durationMs / 1000;
         if (api === 'v3') chainPoints.push(result.point);
-      });
+      }, () => sim.admin.settle());
       incrementals[api].push({ ...t, changedBytes, changedZeroBytes, transferredBytes, copySeconds });
       log(`incremental ${api} round ${round + 1}: ${t.seconds.toFixed(2)} s, ${(transferredBytes / MiB).toFixed(1)} MiB transferred of ${(changedBytes / MiB).toFixed(1)} MiB changed (guest write ${w.seconds.toFixed(1)} s)`);
     }
@@ -263,6 +270,7 @@ try {
       // Every contender reads the chain from the disk, not from what the previous one left in the page cache.
       await rm(restoreOut, { force: true });
       await dropFromPageCache(r.images);
+      await sim.admin.settle();
       const t = await timed(() => restoreDisk({ repo: r.repo, vm, point: r.point.pointId, diskIndex: 0, out: restoreOut, format: 'raw' }));
       r.timings.push(t);
       // Candidate: the same chain flattened with parallel, out-of-order, O_DIRECT writes (durable: qemu-img flushes at close).
