@@ -9,6 +9,7 @@ import { request as httpsRequest, Agent as HttpsAgent } from 'node:https';
 import { text as readText } from 'node:stream/consumers';
 import { z } from 'zod';
 import { AppError, ErrorCode, abortError } from '../lib/errors.ts';
+import { isUntrustedCertificateCode } from '../lib/tls.ts';
 import { loadKubeConnection, type KubeConnection } from './kubeconfig.ts';
 
 /** Where one kind lives in the API. */
@@ -90,17 +91,6 @@ export function kubeStatusOf(err: unknown): number | undefined {
 }
 
 const watchEvent = z.object({ type: z.string(), object: z.unknown() });
-
-/** TLS failures that mean "not the server the configured CA vouches for" rather than "unreachable". */
-const untrustedTlsCodes = new Set([
-  'UNABLE_TO_VERIFY_LEAF_SIGNATURE',
-  'UNABLE_TO_GET_ISSUER_CERT_LOCALLY',
-  'SELF_SIGNED_CERT_IN_CHAIN',
-  'DEPTH_ZERO_SELF_SIGNED_CERT',
-  'CERT_HAS_EXPIRED',
-  'CERT_SIGNATURE_FAILURE',
-  'ERR_TLS_CERT_ALTNAME_INVALID',
-]);
 
 export class KubeApi {
   readonly connection: KubeConnection;
@@ -273,7 +263,7 @@ export class KubeApi {
     if (err instanceof AppError) return err;
     const code = errorCode(err);
     const detail = err instanceof Error ? err.message : String(err);
-    if (code !== undefined && untrustedTlsCodes.has(code)) {
+    if (isUntrustedCertificateCode(code)) {
       return new AppError(ErrorCode.TlsUntrusted, `${what}: the API server's certificate is not trusted (${detail})`, {
         cause: err,
         hint: `set certificate-authority(-data) in ${this.connection.source} to the CA that signed ${this.connection.server}'s certificate`,

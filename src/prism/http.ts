@@ -8,6 +8,7 @@ import { setTimeout as sleep } from 'node:timers/promises';
 import axios, { type AxiosInstance, type AxiosResponse, type RawAxiosRequestHeaders } from 'axios';
 import type { z } from 'zod';
 import { AppError, ErrorCode, abortError, isAppError } from '../lib/errors.ts';
+import { isUntrustedCertificateCode } from '../lib/tls.ts';
 import { RequestRateLimiter } from './rate-limit.ts';
 import type { Logger } from '../lib/log.ts';
 import { v3ErrorBodySchema, v4ErrorBodySchema } from './schemas.ts';
@@ -69,17 +70,6 @@ const retryableStatus = new Set([408, 429, 502, 503, 504]);
 const transientNetworkCodes = new Set(['ECONNRESET', 'EPIPE', 'ECONNABORTED', 'ETIMEDOUT', 'ERR_SOCKET_CONNECTION_TIMEOUT', 'EAI_AGAIN']);
 /** The endpoint cannot be reached at all: retrying within one call does not help, a later reconcile might. */
 const unreachableCodes = new Set(['ECONNREFUSED', 'ENOTFOUND', 'EHOSTUNREACH', 'ENETUNREACH', 'EHOSTDOWN']);
-const tlsCodes = new Set([
-  'UNABLE_TO_VERIFY_LEAF_SIGNATURE',
-  'UNABLE_TO_GET_ISSUER_CERT',
-  'UNABLE_TO_GET_ISSUER_CERT_LOCALLY',
-  'SELF_SIGNED_CERT_IN_CHAIN',
-  'DEPTH_ZERO_SELF_SIGNED_CERT',
-  'CERT_HAS_EXPIRED',
-  'CERT_NOT_YET_VALID',
-  'CERT_UNTRUSTED',
-  'ERR_TLS_CERT_ALTNAME_INVALID',
-]);
 
 export class PrismHttp {
   readonly endpoint: string;
@@ -284,7 +274,7 @@ export class PrismHttp {
       // Not the caller's signal, so the per-attempt timeout fired.
       return new AppError(ErrorCode.Timeout, `${req.what}: no answer from ${target} within ${this.requestTimeoutMs} ms`, { retryable: true });
     }
-    if (code && tlsCodes.has(code)) {
+    if (isUntrustedCertificateCode(code)) {
       return new AppError(ErrorCode.TlsUntrusted, `the TLS certificate of ${target} is not trusted (${code})`, {
         hint: 'pass the Prism CA bundle with --ca-file, or --insecure-skip-tls-verify for a lab',
       });
@@ -327,7 +317,7 @@ function errorCode(err: unknown): string | undefined {
   const direct = (err as { code?: unknown }).code;
   const cause = (err as { cause?: { code?: unknown } }).cause?.code;
   // axios wraps socket errors; the TLS verdict is on the cause.
-  if (typeof cause === 'string' && (tlsCodes.has(cause) || unreachableCodes.has(cause) || transientNetworkCodes.has(cause))) return cause;
+  if (typeof cause === 'string' && (isUntrustedCertificateCode(cause) || unreachableCodes.has(cause) || transientNetworkCodes.has(cause))) return cause;
   return typeof direct === 'string' ? direct : typeof cause === 'string' ? cause : undefined;
 }
 
