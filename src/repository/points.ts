@@ -146,12 +146,7 @@ export async function resolvePoint(vm: VmRef, idOrLatest = 'latest'): Promise<Re
   });
 }
 
-/** The point and its ancestors down to the full, top first; a missing or unreadable parent is an Integrity error. */
-export async function pointChain(vm: VmRef, pointId: string): Promise<RestorePoint[]> {
-  return chainOf(await listVmPoints(vm), pointId);
-}
-
-/** The same from points already read: `pointId` first, then its parent, down to its full. */
+/** The point and its ancestors down to the full, top first (from points already read); a missing or unreadable parent is an Integrity error. */
 export function chainOf(points: readonly RestorePoint[], pointId: string): RestorePoint[] {
   const byId = new Map(points.map((p) => [p.pointId, p]));
   const chain: RestorePoint[] = [];
@@ -171,18 +166,13 @@ export function chainOf(points: readonly RestorePoint[], pointId: string): Resto
   return chain;
 }
 
-/** What the next incremental uses as its base: the newest point, its recovery point and its disks. */
-export async function previousPoint(vm: VmRef): Promise<PreviousPoint | undefined> {
-  return previousOf(await listVmPoints(vm));
-}
-
 export interface PreviousPoint {
   pointId: string;
   recoveryPoint: RecoveryPointRef;
   manifest: Manifest;
 }
 
-/** previousPoint from points already listed (newest last), for a caller that needs the list too. */
+/** What the next incremental uses as its base: the newest of the listed points (newest last), its recovery point and its disks. */
 export function previousOf(points: readonly RestorePoint[]): PreviousPoint | undefined {
   const latest = points.at(-1);
   return latest && { pointId: latest.pointId, recoveryPoint: latest.manifest.recoveryPoint, manifest: latest.manifest };
