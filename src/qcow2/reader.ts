@@ -55,8 +55,6 @@ export class Qcow2Layer {
   readonly clusterSize: number;
   readonly backingFile: string | undefined;
   readonly backingFormat: string | undefined;
-  /** Length of the image file when opened: where reads of its clusters must end. */
-  readonly fileBytes: number;
   private readonly file: FileHandle;
   /** Second handle with O_DIRECT for readHost (see open); undefined when not asked for or not usable. */
   private direct: FileHandle | undefined;
@@ -65,11 +63,10 @@ export class Qcow2Layer {
   private readonly l2Entries: number;
   private cachedL2: { index: number; table: Buffer } | undefined;
 
-  private constructor(path: string, file: FileHandle, fields: { sizeBytes: number; fileBytes: number; clusterSize: number; backingFile?: string; backingFormat?: string; l1: Buffer }) {
+  private constructor(path: string, file: FileHandle, fields: { sizeBytes: number; clusterSize: number; backingFile?: string; backingFormat?: string; l1: Buffer }) {
     this.path = path;
     this.file = file;
     this.sizeBytes = fields.sizeBytes;
-    this.fileBytes = fields.fileBytes;
     this.clusterSize = fields.clusterSize;
     this.backingFile = fields.backingFile;
     this.backingFormat = fields.backingFormat;
@@ -125,8 +122,7 @@ export class Qcow2Layer {
       }
       const l1 = Buffer.alloc(l1Size * 8);
       await file.read(l1, 0, l1.length, l1Offset);
-      const { size: fileBytes } = await file.stat();
-      const layer = new Qcow2Layer(path, file, { sizeBytes, fileBytes, clusterSize, backingFile, backingFormat, l1 });
+      const layer = new Qcow2Layer(path, file, { sizeBytes, clusterSize, backingFile, backingFormat, l1 });
       // tmpfs and some network filesystems refuse O_DIRECT: then every read takes the page cache.
       if (options.directReads) layer.direct = await open(path, constants.O_RDONLY | constants.O_DIRECT).catch(() => undefined);
       return layer;
