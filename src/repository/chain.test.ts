@@ -7,12 +7,18 @@ import { isAppError } from '../lib/errors.ts';
 import { pointDir, type VmRef } from './layout.ts';
 import { ManifestSchema } from './manifest.ts';
 import { chainOf, listPoints, listVmPoints, previousOf, resolvePoint, resolveVm, summarizePoints } from './points.ts';
-import { imageInfoChain } from './qemu-img.ts';
+import { ImageInfoSchema } from './qemu-img.ts';
 import { restoreDisk } from './restore.ts';
 import { verifyRepository } from './verify.ts';
 import { MiB, ReferenceDisks, commitTestPoint, tempDir } from './test-repo.ts';
 
 const run = promisify(execFile);
+
+/** Stock qemu-img's view of an image and every image below it, top first. */
+async function imageInfoChain(imagePath: string) {
+  const { stdout } = await run('qemu-img', ['info', '--output=json', '--backing-chain', '-U', imagePath]);
+  return ImageInfoSchema.array().min(1).parse(JSON.parse(stdout));
+}
 
 /** qemu-img compare exits 0 when the guest-visible content is identical. */
 async function sameContent(a: string, b: string): Promise<boolean> {

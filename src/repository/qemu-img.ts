@@ -80,14 +80,6 @@ export async function imageInfo(imagePath: string, signal?: AbortSignal): Promis
   return parseJsonOutput(ImageInfoSchema, what, result);
 }
 
-/** The image and every image below it, top first. Relative backing names resolve against each image's folder. */
-export async function imageInfoChain(imagePath: string, signal?: AbortSignal): Promise<ImageInfo[]> {
-  const what = `qemu-img info ${imagePath}`;
-  const result = await runQemuImg(['info', '--output=json', '--backing-chain', '-U', imagePath], signal);
-  if (result.exitCode !== 0) throw qemuImgFailure(what, result);
-  return parseJsonOutput(z.array(ImageInfoSchema).min(1), what, result);
-}
-
 export const ImageCheckSchema = z.object({
   filename: z.string(),
   format: z.string(),
