@@ -2,7 +2,8 @@
  * The benchmarks of issue 5 (`make bench`), through the real flow: the Prism simulator's generated disk, its
  * recovery points exported as an iSCSI LUN by tgtd (v4) or as the snapshot file (v3), qemu-nbd, our mover and
  * the repository, durable at commit. Peers copy the same export (the same qemu-nbd over the same recovery
- * point) into a durable qcow2. Then incrementals after 5 % changes, and restores from chains of several depths.
+ * point) into a durable qcow2. Then incrementals after 5 % changes beside `dd` of the changed data bytes, and
+ * restores from chains of several depths.
  * Contenders alternate within each round; figures are medians. Prints a table, writes bench/out/<time>.json.
  *
  *   node bench/run.ts [--size 4GiB] [--runs 3] [--depths 1,8,30] [--seed 1] [--dir DIR] [--quick]
@@ -224,6 +225,9 @@ try {
   // Incrementals: the guest writes N % of the disk in random 64 KiB blocks, then each repository takes one.
   type IncrementalRun = Timing & { changedBytes: number; changedZeroBytes: number; transferredBytes: number; copySeconds: number };
   const incrementals: Record<'v4' | 'v3', IncrementalRun[]> = { v4: [], v3: [] };
+  /** `dd oflag=direct` of each round's changed data bytes: the disk's limit for what an incremental must write. */
+  const incrementalDd: Timing[] = [];
+  const ddIncrementalFile = path.join(work, 'dd-incremental.bin');
   const writeSeconds: number[] = [];
   const chainPoints: RestorePoint[] = [];
   for (let round = 0; round < runs; round++) {
@@ -232,7 +236,17 @@ try {
     writeSeconds.push(w.seconds);
     const changedBytes = uniqueBytes(report!.blocks);
     const changedZeroBytes = uniqueBytes(report!.blocks.filter((b) => b.zero));
-    for (const api of round % 2 ? (['v3', 'v4'] as const) : (['v4', 'v3'] as const)) {
+    const order = (['v4', 'v3', 'dd'] as const).map((_, k, all) => all[(k + round) % all.length]!);
+    for (const api of order) {
+      if (api === 'dd') {
+        const t = await timed(() => ddDirect(ddIncrementalFile, changedBytes - changedZeroBytes), async () => {
+          await rm(ddIncrementalFile, { force: true });
+          await sim.admin.settle();
+        });
+        incrementalDd.push(t);
+        log(`incremental round ${round + 1}: dd of the changed data bytes: ${t.seconds.toFixed(2)} s`);
+        continue;
+      }
       let transferredBytes = 0;
       let copySeconds = 0;
       const t = await timed(async () => {
@@ -245,6 +259,8 @@ try {
       log(`incremental ${api} round ${round + 1}: ${t.seconds.toFixed(2)} s, ${(transferredBytes / MiB).toFixed(1)} MiB transferred of ${(changedBytes / MiB).toFixed(1)} MiB changed (guest write ${w.seconds.toFixed(1)} s)`);
     }
   }
+
+  await rm(ddIncrementalFile, { force: true });
 
   // Chains: the v3 repository (its full, the incrementals above, then small changes) grows to the deepest depth.
   const maxDepth = depths.at(-1)!;
@@ -319,6 +335,7 @@ try {
     };
   });
   const copyRows = (['v4', 'v3'] as const).map((api) => ({ api, medianCopySeconds: round3(median(copySeconds[api])), dataGiBps: round3(dataBytes / GiB / median(copySeconds[api])) }));
+  const incrementalDdSeconds = median(incrementalDd.map((t) => t.seconds));
   const incrementalRows = (['v4', 'v3'] as const).map((api) => {
     const list = incrementals[api];
     const s = median(list.map((t) => t.seconds));
@@ -334,6 +351,10 @@ try {
       timeOverFull: round3(s / fullSeconds),
       medianCopySeconds: round3(median(list.map((t) => t.copySeconds))),
       copyOverFullCopy: round3(median(list.map((t) => t.copySeconds)) / median(copySeconds[api])),
+      /** The copy's data rate as a share of dd's for the same bytes. */
+      copyOfDiskLimit: round3(incrementalDdSeconds / median(list.map((t) => t.copySeconds))),
+      /** The least `time / full` any backup could reach here: only writing its bytes at dd's rate, nothing else. */
+      diskLimitOverFull: round3(incrementalDdSeconds / fullSeconds),
       runsSeconds: list.map((t) => round3(t.seconds)),
     };
   });
@@ -382,6 +403,7 @@ try {
     full: fullRows,
     fullCopyOnly: copyRows,
     incremental: incrementalRows,
+    incrementalDiskLimit: { medianSeconds: round3(incrementalDdSeconds), runsSeconds: incrementalDd.map((t) => round3(t.seconds)) },
     restore: restoreRows,
     targets,
   };
@@ -394,7 +416,8 @@ try {
   console.log(`tgtd (the simulated iSCSI target) CPU s, median: ${fullRows.filter((r) => r.source === 'iscsi').map((r) => `${r.name.split(',')[0]} ${tgtdOf(r)}`).join('; ')}`);
   console.log(`copy phase alone inside the full backups: ${copyRows.map((c) => `${c.api} ${c.medianCopySeconds} s (${c.dataGiBps} GiB/s data)`).join(', ')}`);
   console.log();
-  console.log(table(['incremental', 'median s', 'CPU s', 'changed MiB (of which zero)', 'transferred MiB', 'transferred / changed', 'time / full', 'copy s', 'copy / full copy'], incrementalRows.map((r) => [r.api, r.medianSeconds, r.medianCpuSeconds, `${(median(r.changedBytes) / MiB).toFixed(1)} (${(median(r.changedZeroBytes) / MiB).toFixed(1)})`, (median(r.transferredBytes) / MiB).toFixed(1), r.transferredOverChanged, r.timeOverFull, r.medianCopySeconds, r.copyOverFullCopy])));
+  console.log(table(['incremental', 'median s', 'CPU s', 'changed MiB (of which zero)', 'transferred MiB', 'transferred / changed', 'time / full', 'copy s', 'copy / full copy', 'copy of dd limit', 'dd of its bytes / full'], incrementalRows.map((r) => [r.api, r.medianSeconds, r.medianCpuSeconds, `${(median(r.changedBytes) / MiB).toFixed(1)} (${(median(r.changedZeroBytes) / MiB).toFixed(1)})`, (median(r.transferredBytes) / MiB).toFixed(1), r.transferredOverChanged, r.timeOverFull, r.medianCopySeconds, r.copyOverFullCopy, r.copyOfDiskLimit, r.diskLimitOverFull])));
+  console.log(`dd oflag=direct conv=fsync of the changed data bytes: ${round3(incrementalDdSeconds)} s (median)`);
   console.log();
   console.log(table(['restore (raw, durable, cold cache)', 'median s', 'CPU s', 'GiB/s logical', 'time / depth 1', 'time / full of same content', 'its verify alone, s', 'candidate: convert -W -m 8 -t none, s', 'candidate / its depth 1'], restoreRows.map((r) => [r.restore, r.medianSeconds, r.medianCpuSeconds, r.logicalGiBps, r.overDepth1, r.overFullOfSameContent, r.verifyAloneSeconds, r.candidateConvertDirectSeconds, r.candidateOverDepth1])));
   console.log();
