@@ -149,7 +149,7 @@ describe('copyDisk into QCOW2 with real qemu-nbd and qemu-img', () => {
       const snap = await snapshot(`chain${level}.raw`);
       const { stats } = await copyDisk({
         source: { socketPath: snap.server.socketPath },
-        regions: toAsync(regions),
+        regions,
         sizeBytes: SIZE,
         target: { path: images[level]!, backing: { relativePath: path.basename(images[level - 1]!), sizeBytes: SIZE } },
       });
@@ -301,8 +301,4 @@ function subtract(region: Region, cut: Region): Region[] {
   if (region.offset < cut.offset) parts.push({ ...region, length: cut.offset - region.offset });
   if (cutEnd < end) parts.push({ ...region, offset: cutEnd, length: end - cutEnd });
   return parts;
-}
-
-async function* toAsync(regions: Region[]): AsyncGenerator<Region> {
-  for (const region of regions) yield region;
 }

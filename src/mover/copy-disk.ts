@@ -22,7 +22,7 @@ const WRITE_DEPTH = 2;
 export interface CopyDiskOptions {
   source: NbdEndpoint;
   exportName?: string;
-  regions: AsyncIterable<Region> | Iterable<Region>;
+  regions: Iterable<Region>;
   sizeBytes: number;
   target: { path: string; backing?: { relativePath: string; sizeBytes: number } };
   clusterSize?: number;
@@ -188,7 +188,7 @@ export async function copyDisk(options: CopyDiskOptions): Promise<DiskCopyResult
     };
 
     let filling: Slot | undefined;
-    for await (const action of planCopy(options.regions, { sizeBytes, clusterSize, maxDataBytes: requestSize, overlay: backing !== undefined }, totals)) {
+    for (const action of planCopy(options.regions, { sizeBytes, clusterSize, maxDataBytes: requestSize, overlay: backing !== undefined }, totals)) {
       if (signal?.aborted) throw abortError(signal, 'copy disk');
       if (action.kind === CopyActionKind.Zero) {
         // Zero clusters take no buffer space: they ride along with the data around them in the same write.

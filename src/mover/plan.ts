@@ -36,7 +36,7 @@ function badRegion(message: string): AppError {
   return new AppError(ErrorCode.InvalidInput, message, { hint: 'regions must be sorted by offset, non-overlapping, non-empty and inside the disk' });
 }
 
-export async function* planCopy(regions: AsyncIterable<Region> | Iterable<Region>, options: PlanOptions, totals: PlanTotals): AsyncGenerator<CopyAction> {
+export function* planCopy(regions: Iterable<Region>, options: PlanOptions, totals: PlanTotals): Generator<CopyAction> {
   const { sizeBytes, clusterSize: cs, maxDataBytes, overlay } = options;
   const floor = (n: number) => Math.floor(n / cs) * cs;
   const ceil = (n: number) => Math.min(Math.ceil(n / cs) * cs, sizeBytes);
@@ -67,7 +67,7 @@ export async function* planCopy(regions: AsyncIterable<Region> | Iterable<Region
     }
   }
 
-  for await (const region of regions) {
+  for (const region of regions) {
     const { offset, length, type } = region;
     if (!Number.isSafeInteger(offset) || !Number.isSafeInteger(length) || length <= 0 || offset < 0 || offset + length > sizeBytes) {
       throw badRegion(`region [${offset}, +${length}) is outside the ${sizeBytes}-byte disk or empty`);
