@@ -113,31 +113,44 @@ describe('atomic commit, journal and leftovers', () => {
     expect(await listPoints(vm.repo)).toEqual([]);
   });
 
-  it('refuses to commit without disks, with an export still recorded, an invalid manifest or a damaged image', async () => {
-    const staged = await beginPoint(vm, { parentPointId: null });
-    const request = {
+  describe('refuses to commit', () => {
+    const commitRequest = () => ({
       type: 'full' as const,
       typeReason: 'first backup',
       vm: vmConfig(vm, [16 * MiB]),
       consistency: { requested: 'crash' as const, obtained: 'CRASH_CONSISTENT' as const },
       recoveryPoint: { id: 'rp-1', generation: 'v3' as const, disks: [] },
-    };
-    await expect(staged.commit(request)).rejects.toMatchObject({ code: 'INTERNAL', message: /no disk was written/ });
-    const image = await staged.createDiskImage(0, 16 * MiB, { overlay: false });
-    await staged.writeDisk({ index: 0, uuid: 'd0', logicalSizeBytes: 16 * MiB, stats: { logicalBytes: 16 * MiB, changedBytes: 0, transferredBytes: 0, zeroBytes: 0, durationMs: 0, throughputBytesPerSec: 0 }, checksums: [], zeroRanges: [] });
-    await staged.addResource({ kind: 'iscsi-attachment', id: 'att-1' });
-    await expect(staged.commit(request)).rejects.toMatchObject({ code: 'INTERNAL', message: /iscsi-attachment att-1 not released/ });
-    await staged.removeResource('iscsi-attachment', 'att-1');
-    await expect(staged.commit({ ...request, vm: { ...request.vm, memorySizeMib: 1.5 } })).rejects.toMatchObject({ code: 'INVALID_INPUT', message: /memorySizeMib/ });
-    // Point the L1 table past the end of the file: qemu-img check refuses the image.
-    const file = await open(image, 'r+');
-    const l1 = Buffer.alloc(8);
-    l1.writeBigUInt64BE(1n << 40n);
-    await file.write(l1, 0, 8, 40);
-    await file.close();
-    await expect(staged.commit(request)).rejects.toMatchObject({ code: 'INTEGRITY', message: /qemu-img check/ });
-    expect(await staged.abort()).toBe(true);
-    expect(await listPoints(vm.repo)).toEqual([]);
+    });
+    const disk0 = { index: 0, uuid: 'd0', logicalSizeBytes: 16 * MiB, stats: { logicalBytes: 16 * MiB, changedBytes: 0, transferredBytes: 0, zeroBytes: 0, durationMs: 0, throughputBytesPerSec: 0 }, checksums: [], zeroRanges: [] };
+
+    it('without disks, with an export still recorded, or an invalid manifest', async () => {
+      const request = commitRequest();
+      const staged = await beginPoint(vm, { parentPointId: null });
+      await expect(staged.commit(request)).rejects.toMatchObject({ code: 'INTERNAL', message: /no disk was written/ });
+      await staged.createDiskImage(0, 16 * MiB, { overlay: false });
+      await staged.writeDisk(disk0);
+      await staged.addResource({ kind: 'iscsi-attachment', id: 'att-1' });
+      await expect(staged.commit(request)).rejects.toMatchObject({ code: 'INTERNAL', message: /iscsi-attachment att-1 not released/ });
+      await staged.removeResource('iscsi-attachment', 'att-1');
+      await expect(staged.commit({ ...request, vm: { ...request.vm, memorySizeMib: 1.5 } })).rejects.toMatchObject({ code: 'INVALID_INPUT', message: /memorySizeMib/ });
+      expect(await staged.abort()).toBe(true);
+      expect(await listPoints(vm.repo)).toEqual([]);
+    });
+
+    it('with a damaged image (qemu-img check, started when the disk is recorded)', async () => {
+      const staged = await beginPoint(vm, { parentPointId: null });
+      const image = await staged.createDiskImage(0, 16 * MiB, { overlay: false });
+      // Point the L1 table past the end of the file: qemu-img check refuses the image.
+      const file = await open(image, 'r+');
+      const l1 = Buffer.alloc(8);
+      l1.writeBigUInt64BE(1n << 40n);
+      await file.write(l1, 0, 8, 40);
+      await file.close();
+      await staged.writeDisk(disk0);
+      await expect(staged.commit(commitRequest())).rejects.toMatchObject({ code: 'INTEGRITY', message: /qemu-img check/ });
+      expect(await staged.abort()).toBe(true);
+      expect(await listPoints(vm.repo)).toEqual([]);
+    });
   });
 });
 

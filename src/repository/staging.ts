@@ -145,6 +145,8 @@ export async function writeStagedDiskFiles(dir: string, disk: StagedDisk, option
   };
 }
 
+type CheckOutcome = { check: ImageCheck } | { error: unknown };
+
 export class StagedPoint {
   readonly vm: VmRef;
   readonly pointId: string;
@@ -156,6 +158,10 @@ export class StagedPoint {
   #journalWrite: Promise<void> = Promise.resolve();
   #lock: HeldLock;
   #disks = new Map<number, ManifestDisk>();
+  /** qemu-img check of each image recorded by this process, started by writeDisk; the commit awaits them. */
+  #checks = new Map<number, Promise<CheckOutcome>>();
+  /** Stops checks still running when the attempt is given up. */
+  #stopChecks = new AbortController();
   #finished = false;
   #logger: Logger | undefined;
 
@@ -242,11 +248,22 @@ export class StagedPoint {
     await this.#writeJournal();
   }
 
-  /** Writes the checksum file of a copied disk and remembers its manifest entry. */
+  /**
+   * Writes the checksum file of a copied disk and remembers its manifest entry. The image is complete: its qemu-img
+   * check starts now, beside the rest of the backup (other disks, export release), and the commit awaits it.
+   */
   async writeDisk(disk: StagedDisk): Promise<void> {
     this.#assertOpen();
+    this.#checks.set(disk.index, this.#check(diskImageName(disk.index), this.#stopChecks.signal));
     // Made durable by this process's commit (fsyncTree), beside qemu-img check rather than before the commit.
     this.#disks.set(disk.index, await writeStagedDiskFiles(this.dir, disk, { sync: false }));
+  }
+
+  #check(image: string, signal: AbortSignal): Promise<CheckOutcome> {
+    return checkImage(join(this.dir, image), signal).then(
+      (check) => ({ check }),
+      (error: unknown) => ({ error }),
+    );
   }
 
   /**
@@ -266,13 +283,10 @@ export class StagedPoint {
     const disks = [...this.#disks.values()].sort((a, b) => a.index - b.index);
     if (disks.length === 0) throw new AppError(ErrorCode.Internal, `commit of ${this.pointId}: no disk was written`);
     // qemu-img check (a child process each) runs beside the manifest write and the fsyncs: only the rename into
-    // place, which makes the point visible, waits for it. A staging folder with a manifest is still no point.
-    const checks = disks.map((disk) =>
-      checkImage(join(this.dir, disk.image), request.signal).then(
-        (check) => ({ check }),
-        (error: unknown) => ({ error }),
-      ),
-    );
+    // place, which makes the point visible, waits for it. A staging folder with a manifest is still no point. Disks
+    // recorded by other processes (shared-point.ts) are checked from here.
+    const signal = request.signal ? AbortSignal.any([request.signal, this.#stopChecks.signal]) : this.#stopChecks.signal;
+    const checks = disks.map((disk) => this.#checks.get(disk.index) ?? this.#check(disk.image, signal));
     try {
       let manifest: Manifest;
       try {
@@ -332,7 +346,7 @@ export class StagedPoint {
     return manifest;
   }
 
-  async #assertChecked(disks: ManifestDisk[], checks: Promise<{ check: ImageCheck } | { error: unknown }>[]): Promise<void> {
+  async #assertChecked(disks: ManifestDisk[], checks: Promise<CheckOutcome>[]): Promise<void> {
     const outcomes = await Promise.all(checks);
     outcomes.forEach((outcome, i) => {
       if ('error' in outcome) throw outcome.error;
@@ -370,6 +384,8 @@ export class StagedPoint {
   async abort(): Promise<boolean> {
     if (this.#finished) return false;
     this.#finished = true;
+    this.#stopChecks.abort();
+    await Promise.all(this.#checks.values());
     try {
       // An unsettled request may have created a recovery point whose id we never learned: the next run finds it by name.
       if (this.#journal.resources.length > 0 || this.#journal.recoveryPointRequestId !== undefined) {
