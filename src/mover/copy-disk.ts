@@ -10,7 +10,7 @@ import { z } from 'zod';
 import { AppError, ErrorCode, abortError, isAppError } from '../lib/errors.ts';
 import { NbdClient, type ByteRange, type NbdEndpoint } from '../nbd/client.ts';
 import { DEFAULT_CLUSTER_SIZE, Qcow2Writer, alignedBuffers, type GuestRun, type Qcow2WriteSummary } from '../qcow2/writer.ts';
-import { createBlockHasher } from './checksum.ts';
+import { hashBlock } from './checksum.ts';
 import { CopyActionKind, planCopy, type CopyAction, type PlanTotals } from './plan.ts';
 import { tierTuning } from './tiers.ts';
 import type { BlockChecksum, DiskCopyProgress, DiskCopyStats, Region } from './types.ts';
@@ -126,7 +126,6 @@ export async function copyDisk(options: CopyDiskOptions): Promise<DiskCopyResult
     const free: Buffer[] = alignedBuffers(inFlight, requestSize);
     const slots: Slot[] = [];
     const activeWriter = writer;
-    const hash = await createBlockHasher();
 
     /** Checksums the data runs, then hands every run of the slot to the writer in one call. */
     const writeRuns = async (runs: GuestRun[]) => {
@@ -136,7 +135,7 @@ export async function copyDisk(options: CopyDiskOptions): Promise<DiskCopyResult
         const { guestOffset, data } = run;
         for (let at = 0; at < data.length; at += CHECKSUM_RUN_BYTES) {
           const piece = data.subarray(at, Math.min(data.length, at + CHECKSUM_RUN_BYTES));
-          checksums.push({ offset: guestOffset + at, length: piece.length, hash: hash(piece) });
+          checksums.push({ offset: guestOffset + at, length: piece.length, hash: hashBlock(piece) });
         }
         bytes += data.length;
       }

@@ -5,7 +5,7 @@
  * report naming point, disk and guest offset.
  */
 import { dirname, join, resolve } from 'node:path';
-// An xxh3 implementation independent of the mover's (hash-wasm): verification should not share the writer's code.
+// An xxh3 implementation independent of the mover's (xxhash-addon): verification should not share the writer's code.
 import { xxh3 } from '@node-rs/xxhash';
 import { isAppError, throwIfAborted } from '../lib/errors.ts';
 import { exists } from './durable-fs.ts';
