@@ -69,7 +69,7 @@ interface DiskOutcome {
 }
 
 interface Base {
-  previous: repository.PreviousPoint;
+  previous: repository.RestorePoint;
   recoveryPoint: RecoveryPoint;
 }
 
@@ -86,7 +86,7 @@ export async function backupVm(prism: PrismClient, request: BackupRequest): Prom
 
   // The points are listed once: the newest is the base, the others' recovery points are swept below.
   const points = await repository.listVmPoints(vmRef);
-  const previous = repository.previousOf(points);
+  const previous = points.at(-1);
   const consistencyPlan = planConsistency(request.consistency, vm.name, vm.ngt);
   // The idempotency key goes into the staging's first journal write: no journal write of its own before the request.
   const requestId = randomUUID();
@@ -247,7 +247,7 @@ async function chooseBaseAndBegin(
   prism: PrismClient,
   request: BackupRequest,
   vmRef: repository.VmRef,
-  previous: repository.PreviousPoint | undefined,
+  previous: repository.RestorePoint | undefined,
   requestId: string,
   log: Logger,
 ): Promise<{ base?: Base; typeReason: string; staged: repository.StagedPoint }> {
@@ -272,7 +272,7 @@ async function chooseBaseAndBegin(
 async function chooseBase(
   prism: PrismClient,
   mode: BackupMode,
-  previous: repository.PreviousPoint | undefined,
+  previous: repository.RestorePoint | undefined,
   signal?: AbortSignal,
 ): Promise<{ base?: Base; reason: string }> {
   if (mode === BackupMode.Full) return { reason: 'full backup requested' };
@@ -283,8 +283,8 @@ async function chooseBase(
     return { reason: `${why} → full` };
   };
   if (!previous) return unavailable('no previous restore point');
-  const recoveryPoint = await prism.getRecoveryPoint(previous.recoveryPoint.id, signal);
-  if (!recoveryPoint) return unavailable(`base recovery point ${previous.recoveryPoint.id} is gone on Nutanix`);
+  const recoveryPoint = await prism.getRecoveryPoint(previous.manifest.recoveryPoint.id, signal);
+  if (!recoveryPoint) return unavailable(`base recovery point ${previous.manifest.recoveryPoint.id} is gone on Nutanix`);
   return { base: { previous, recoveryPoint }, reason: `incremental on ${previous.pointId}` };
 }
 
@@ -395,18 +395,18 @@ async function abortAttempt(
 /** After a commit the previous base is no longer needed: the new recovery point is the next base. */
 async function deleteOldBases(
   prism: PrismClient,
-  previous: repository.PreviousPoint | undefined,
+  previous: repository.RestorePoint | undefined,
   keepId: string,
   log: Logger,
   signal?: AbortSignal,
 ): Promise<string[]> {
-  if (!previous || previous.recoveryPoint.id === keepId) return [];
+  if (!previous || previous.manifest.recoveryPoint.id === keepId) return [];
   try {
-    await prism.deleteRecoveryPoint(previous.recoveryPoint.id, signal);
-    return [previous.recoveryPoint.id];
+    await prism.deleteRecoveryPoint(previous.manifest.recoveryPoint.id, signal);
+    return [previous.manifest.recoveryPoint.id];
   } catch (err) {
     // The point is committed and safe; the next backup's sweep deletes the stale base.
-    log.warn({ recoveryPoint: previous.recoveryPoint.id, err: errorText(err) }, 'old base recovery point not deleted');
+    log.warn({ recoveryPoint: previous.manifest.recoveryPoint.id, err: errorText(err) }, 'old base recovery point not deleted');
     return [];
   }
 }

@@ -6,7 +6,7 @@ import { afterEach, beforeEach, describe, expect, it } from 'vitest';
 import { isAppError } from '../lib/errors.ts';
 import { pointDir, type VmRef } from './layout.ts';
 import { ManifestSchema } from './manifest.ts';
-import { chainOf, listPoints, listVmPoints, previousOf, resolvePoint, resolveVm, summarizePoints } from './points.ts';
+import { chainOf, listPoints, listVmPoints, resolvePoint, resolveVm, summarizePoints } from './points.ts';
 import { ImageInfoSchema } from './qemu-img.ts';
 import { restoreDisk } from './restore.ts';
 import { verifyRepository } from './verify.ts';
@@ -61,7 +61,7 @@ describe('restore-point chains', () => {
     expect(listed.map((p) => p.pointId)).toEqual([full.pointId, second.pointId, third.pointId]);
     expect(chainOf(await listVmPoints(vm), third.pointId).map((p) => p.pointId)).toEqual([third.pointId, second.pointId, full.pointId]);
     expect((await resolvePoint(vm, 'latest')).pointId).toBe(third.pointId);
-    expect(previousOf(await listVmPoints(vm))?.recoveryPoint.id).toBe(`rp-${third.pointId}`);
+    expect((await listVmPoints(vm)).at(-1)?.manifest.recoveryPoint.id).toBe(`rp-${third.pointId}`);
     expect(await resolveVm(vm.repo, third.manifest.vm.name)).toEqual(vm);
     expect(summarizePoints(listed).map((s) => [s.type, s.chainDepth, s.parentPointId])).toEqual([
       ['full', 0, null],

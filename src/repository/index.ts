@@ -9,14 +9,12 @@ export {
   listPoints,
   listVmPoints,
   listVms,
-  previousOf,
   readManifest,
   resolvePoint,
   resolveVm,
   scanVm,
   summarizePoints,
   type PointSummary,
-  type PreviousPoint,
   type RestorePoint,
 } from './points.ts';
 export { beginPoint, recoverLeftovers, StagedPoint, type CommitRequest, type DiskImageTarget, type Leftover, type LeftoverReport, type StagedDisk } from './staging.ts';

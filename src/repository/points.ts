@@ -8,7 +8,7 @@ import { AppError, ErrorCode } from '../lib/errors.ts';
 import { formatBytes } from '../lib/size.ts';
 import { freeBytes, fsError, noSpaceHint } from './durable-fs.ts';
 import { isPointId, manifestFileName, pointDir, vmDir, type VmRef } from './layout.ts';
-import { ManifestSchema, type Manifest, type RecoveryPointRef } from './manifest.ts';
+import { ManifestSchema, type Manifest } from './manifest.ts';
 
 export interface RestorePoint {
   vm: VmRef;
@@ -166,17 +166,6 @@ export function chainOf(points: readonly RestorePoint[], pointId: string): Resto
   return chain;
 }
 
-export interface PreviousPoint {
-  pointId: string;
-  recoveryPoint: RecoveryPointRef;
-  manifest: Manifest;
-}
-
-/** What the next incremental uses as its base: the newest of the listed points (newest last), its recovery point and its disks. */
-export function previousOf(points: readonly RestorePoint[]): PreviousPoint | undefined {
-  const latest = points.at(-1);
-  return latest && { pointId: latest.pointId, recoveryPoint: latest.manifest.recoveryPoint, manifest: latest.manifest };
-}
 
 /** Refuses to start a backup that cannot fit: NoSpace when fewer than `neededBytes` are free under `repo`. */
 export async function ensureFreeSpace(repo: string, neededBytes: number): Promise<number> {
