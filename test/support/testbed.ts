@@ -230,7 +230,10 @@ function probe(url: string, tls: { ca: string; cert: string; key: string }, sign
       res.resume();
       res.on('end', () => resolveStatus(res.statusCode));
     });
-    req.on('error', (err: NodeJS.ErrnoException) => (err.code === 'ECONNREFUSED' || err.code === 'ECONNRESET' ? resolveStatus(undefined) : reject(err)));
+    // Not ready yet: nothing listens, or (EPROTO) another process took the picked port in the meantime and speaks no
+    // TLS there; our server then exits with "address already in use" and startLocalCluster starts again.
+    const notYet = new Set(['ECONNREFUSED', 'ECONNRESET', 'EPROTO']);
+    req.on('error', (err: NodeJS.ErrnoException) => (notYet.has(err.code ?? '') ? resolveStatus(undefined) : reject(err)));
     req.end();
   });
 }
